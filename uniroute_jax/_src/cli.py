@@ -1,0 +1,258 @@
+"""The `uniroute` command line. Every failure is one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from uniroute_jax._src import validation
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, no traceback."""
+
+
+# ------------------------------------------------------------------------------ file formats
+
+
+def read_matrix(path: str, name: str, *, key: str | None = None, allow_nan: bool = False) -> np.ndarray:
+    """Reads a numeric array from `.npy`, `.npz` (entry `key`, or its only entry) or `.csv`.
+
+    CSV: comma-separated numbers, one row per prompt; a first row that is not numeric is taken as
+    a header and skipped; an empty cell is NaN (a missing label).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{name}: no such file {path}")
+    try:
+        if p.suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as data:
+                files = list(data.files)
+                pick = key if key in files else (files[0] if len(files) == 1 else None)
+                if pick is None:
+                    raise CLIError(f"{name}: {path} holds {files}; expected an entry named {key!r}")
+                return data[pick]
+        if p.suffix in (".csv", ".txt"):
+            return _read_csv_numbers(p, name, allow_nan)
+    except CLIError:
+        raise
+    except (ValueError, OSError) as err:
+        raise CLIError(f"{name}: cannot read {path}: {err}") from None
+    raise CLIError(f"{name}: unsupported file type {p.suffix!r} for {path} (use .npy, .npz or .csv)")
+
+
+def _read_csv_numbers(p: Path, name: str, allow_nan: bool) -> np.ndarray:
+    with open(p, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not rows:
+        raise CLIError(f"{name}: {p} is empty")
+
+    def parse(cell: str, r: int, c: int) -> float:
+        cell = cell.strip()
+        if cell == "" or cell.lower() == "nan":
+            if allow_nan:
+                return np.nan
+            raise CLIError(f"{name}: {p} row {r + 1} column {c + 1} is empty")
+        try:
+            return float(cell)
+        except ValueError:
+            raise CLIError(f"{name}: {p} row {r + 1} column {c + 1} is not a number: {cell!r}") from None
+
+    start = 0
+    try:
+        [float(c) for c in rows[0] if c.strip()]
+    except ValueError:
+        start = 1  # header
+    out = [[parse(c, r, j) for j, c in enumerate(row)] for r, row in enumerate(rows[start:], start)]
+    widths = {len(r) for r in out}
+    if len(widths) > 1:
+        raise CLIError(f"{name}: {p} rows have different numbers of columns {sorted(widths)}")
+    return np.asarray(out, np.float64)
+
+
+def write_table(path: str | None, header: list[str], rows: list[list], fmt: str | None = None) -> None:
+    """Writes rows as CSV (default) or JSONL (by `fmt` or a `.jsonl` suffix); stdout when path is None."""
+    fmt = fmt or ("jsonl" if path and path.endswith(".jsonl") else "csv")
+    out = open(path, "w", newline="") if path else sys.stdout
+    try:
+        if fmt == "jsonl":
+            for row in rows:
+                out.write(json.dumps(dict(zip(header, row))) + "\n")
+        else:
+            w = csv.writer(out)
+            w.writerow(header)
+            w.writerows(rows)
+    finally:
+        if path:
+            out.close()
+
+
+# ---------------------------------------------------------------------------------- commands
+
+
+def _cmd_demo(args) -> int:
+    from uniroute_jax._src.demo import main as demo_main
+
+    return demo_main(args.seed, args.out)
+
+
+def _cmd_fit(args) -> int:
+    from uniroute_jax._src.router import UniRouter
+
+    x = read_matrix(args.embeddings, "embeddings", key="embeddings")
+    router = UniRouter.fit(x, args.clusters, seed=args.seed, n_init=args.n_init, metric=args.metric,
+                           alpha=args.alpha, verbose=True)
+    path = router.save(args.out)
+    print(f"router with {router.n_clusters} clusters over {router.dim}-d embeddings written to {path}")
+    return 0
+
+
+def _load_router_pool(args, need_pool: bool = True):
+    from uniroute_jax._src.router import Pool, UniRouter
+
+    router = UniRouter.load(args.router)
+    if not need_pool:
+        return router, None
+    pool = Pool.load(args.pool)
+    if pool.n_clusters != router.n_clusters:
+        raise CLIError(f"pool {args.pool} has {pool.n_clusters} clusters but router {args.router} has "
+                       f"{router.n_clusters}: represent the models with this router")
+    return router, pool
+
+
+def _cmd_add_model(args) -> int:
+    from uniroute_jax._src.router import Pool
+
+    router, _ = _load_router_pool(args, need_pool=False)
+    pool = Pool.load(args.pool) if Path(args.pool).exists() else Pool.empty(router.n_clusters)
+    if args.name in pool:
+        if not args.replace:
+            raise CLIError(f"model {args.name!r} is already in {args.pool}; pass --replace to overwrite it")
+        pool = pool.remove(args.name)
+    x = read_matrix(args.val_embeddings, "val-embeddings", key="embeddings")
+    q = read_matrix(args.correctness, "correctness", key="correctness", allow_nan=True)
+    q = q.reshape(-1, 1) if q.ndim == 1 or (q.ndim == 2 and 1 in q.shape) else q
+    if q.ndim != 2 or q.shape[1] != 1:
+        raise CLIError(f"correctness must hold one value per validation prompt, got shape {q.shape}")
+    cost = validation.nonnegative_float(args.cost, "cost")
+    new = router.represent(x, q, [args.name], [cost])
+    pool = pool + new
+    path = pool.save(args.pool)
+    n = int(new.counts.sum())
+    print(f"added {args.name!r} (cost {cost:g}, {n} validation labels, error {new.error_sums.sum() / max(n, 1):.3f}) "
+          f"to {path}: {len(pool)} models")
+    return 0
+
+
+def _cmd_route(args) -> int:
+    router, pool = _load_router_pool(args)
+    x = read_matrix(args.embeddings, "embeddings", key="embeddings")
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    decision = router.route(x, pool, args.lam, models=models)
+    rows = [[i, str(m), int(c)] for i, (m, c) in enumerate(zip(decision.model, decision.cluster))]
+    write_table(args.out, ["prompt", "model", "cluster"], rows, args.format)
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from uniroute_jax._src.plots import plot_curves
+
+    router, pool = _load_router_pool(args)
+    x = read_matrix(args.embeddings, "embeddings", key="embeddings")
+    quality = None
+    if args.quality:
+        quality = read_matrix(args.quality, "quality", key="quality")
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    curves = router.sweep(x, pool, quality=quality, subsets=[models] if models else None, n_budgets=args.n_budgets)
+    rows = [[float(l), float(c), float(q), float(e)] for l, c, q, e in
+            zip(curves.lams, curves.mean_cost[0], curves.mean_quality[0], curves.mean_error_estimate[0])]
+    write_table(args.out, ["lam", "mean_cost", "mean_quality", "mean_error_estimate"], rows)
+    if args.plot:
+        used = np.flatnonzero(curves.masks[0])
+        plot_curves({"UniRoute": (curves.mean_cost[0], curves.mean_quality[0] if quality is not None
+                                  else 1 - curves.mean_error_estimate[0])},
+                    args.plot, points=(pool.costs[used], quality.mean(0)[used] if quality is not None else
+                                       1 - (pool.error_sums.sum(1) / np.maximum(pool.counts.sum(1), 1))[used]),
+                    point_names=[pool.names[i] for i in used],
+                    ylabel="test accuracy" if quality is not None else "estimated accuracy")
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="uniroute", description="Dynamic LLM routing (UniRoute) with a JAX core.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="route among unseen LLMs of a synthetic world; print a table, write a PNG")
+    d.add_argument("--seed", type=int, default=0, help="seed of the world, splits and pools (default 0)")
+    d.add_argument("--out", default="uniroute_demo", help="folder for curves.png (default ./uniroute_demo)")
+    d.set_defaults(func=_cmd_demo)
+
+    f = sub.add_parser("fit", help="fit k-means on training-prompt embeddings; write a router file")
+    f.add_argument("embeddings", help="[n_prompts, dim] .npy/.npz/.csv")
+    f.add_argument("--clusters", "-k", type=int, required=True, help="number of clusters K")
+    f.add_argument("--out", "-o", required=True, help="router file to write (.npz)")
+    f.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--n-init", type=int, default=3, help="k-means restarts (default 3)")
+    f.add_argument("--alpha", type=float, default=1.0, help="shrinkage pseudo-count for sparse clusters (default 1)")
+    f.set_defaults(func=_cmd_fit)
+
+    a = sub.add_parser("add-model", help="represent one LLM from its validation correctness; add it to a pool file")
+    a.add_argument("--router", "-r", required=True, help="router file from `uniroute fit`")
+    a.add_argument("--pool", "-p", required=True, help="pool file to update (created if missing)")
+    a.add_argument("--val-embeddings", required=True, help="[n_val, dim] validation-prompt embeddings")
+    a.add_argument("--correctness", required=True, help="[n_val] quality in [0, 1]; empty/NaN = not run")
+    a.add_argument("--name", required=True, help="model name")
+    a.add_argument("--cost", required=True, type=float, help="cost per query")
+    a.add_argument("--replace", action="store_true", help="overwrite a model of the same name")
+    a.set_defaults(func=_cmd_add_model)
+
+    r = sub.add_parser("route", help="choose a model for each prompt at a trade-off --lam")
+    r.add_argument("--router", "-r", required=True)
+    r.add_argument("--pool", "-p", required=True)
+    r.add_argument("--embeddings", "-e", required=True, help="[n_prompts, dim] prompt embeddings")
+    r.add_argument("--lam", type=float, required=True, help="trade-off >= 0 (0 = most accurate)")
+    r.add_argument("--models", help="comma-separated subset of the pool to route among")
+    r.add_argument("--out", "-o", help="output .csv or .jsonl (default: CSV on stdout)")
+    r.add_argument("--format", choices=["csv", "jsonl"], help="output format (default from --out suffix)")
+    r.set_defaults(func=_cmd_route)
+
+    s = sub.add_parser("sweep", help="cost-quality curve over a grid of trade-offs (CSV, optional PNG)")
+    s.add_argument("--router", "-r", required=True)
+    s.add_argument("--pool", "-p", required=True)
+    s.add_argument("--embeddings", "-e", required=True, help="[n_prompts, dim] test-prompt embeddings")
+    s.add_argument("--quality", "-q", help="[n_prompts, n_models] test quality, columns in pool order")
+    s.add_argument("--models", help="comma-separated subset of the pool")
+    s.add_argument("--n-budgets", type=int, default=256)
+    s.add_argument("--out", "-o", help="CSV to write (default stdout)")
+    s.add_argument("--plot", help="PNG to write")
+    s.set_defaults(func=_cmd_sweep)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
+    except (CLIError, ValueError, TypeError, FileNotFoundError, OSError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"uniroute: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

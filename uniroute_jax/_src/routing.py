@@ -1,0 +1,273 @@
+"""Lagrangian routing: `argmin_h Phi(x) . Psi(h) + lambda * cost(h)` over the models of a pool.
+
+Pools are masks over one padded model table (`max_models` rows), so pools of any size share one
+compiled kernel. Sweeps work on *routing units*: a unit is either one prompt (soft features) or one
+hard cluster, weighted by its number of prompts. With hard clusters every prompt of a cluster gets
+the same decision, so deciding once per cluster and weighting by per-cluster sums gives the same
+curve at `n_clusters / n_prompts` of the work and never builds a
+`[n_pools, n_budgets, n_prompts, max_models]` array.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from uniroute_jax._src import validation
+
+
+class RouteResult(NamedTuple):
+    """Output of `route`."""
+
+    choice: jax.Array  # [n_prompts] int32 index into the model table; -1 when the pool is empty
+    feasible: jax.Array  # [] bool, False when the pool has no model
+
+
+class SweepResult(NamedTuple):
+    """Output of `sweep`: one cost-quality operating point per (pool, budget)."""
+
+    mean_cost: jax.Array  # [n_pools, n_budgets] mean realised cost per prompt
+    mean_quality: jax.Array  # [n_pools, n_budgets] mean realised quality (NaN without labels)
+    mean_error_estimate: jax.Array  # [n_pools, n_budgets] mean of the routed Phi . Psi
+    feasible: jax.Array  # [n_pools] bool, False for an empty pool (its rows are NaN)
+
+
+class RoutingUnits(NamedTuple):
+    """Test prompts grouped into units that share one routing decision."""
+
+    weight: jax.Array  # [n_units] number of prompts in the unit
+    quality_sums: jax.Array  # [n_units, max_models] summed test quality (zeros without labels)
+    cost_sums: jax.Array  # [n_units, max_models] summed realised cost
+
+
+def _choose(scores: jax.Array, costs: jax.Array, model_mask: jax.Array) -> jax.Array:
+    """Row-wise argmin of `scores [n, max_models]`; ties go to the cheaper, then lower-index model."""
+    scores = jnp.where(model_mask[None, :], scores, jnp.inf)
+    best = jnp.min(scores, axis=-1, keepdims=True)
+    tied = (scores <= best) & model_mask[None, :]
+    cheapest = jnp.min(jnp.where(tied, costs[None, :], jnp.inf), axis=-1, keepdims=True)
+    first = jnp.argmax(tied & (costs[None, :] <= cheapest), axis=-1).astype(jnp.int32)
+    return jnp.where(jnp.any(model_mask), first, -1)
+
+
+@jax.jit
+def route_kernel(phi: jax.Array, psi: jax.Array, costs: jax.Array, model_mask: jax.Array, lam: jax.Array) -> RouteResult:
+    """Unchecked routing of one batch for one pool and one `lam`.
+
+    Args:
+      phi: [n_prompts, n_clusters] prompt features (one-hot or soft).
+      psi: [max_models, n_clusters] estimated error rates.
+      costs: [max_models] cost per query.
+      model_mask: [max_models] bool, True for models in the pool.
+      lam: [] trade-off, >= 0.
+    """
+    scores = phi @ psi.T + lam * costs[None, :]
+    return RouteResult(_choose(scores, costs, model_mask), jnp.any(model_mask))
+
+
+def _sweep_one(estimates, units: RoutingUnits, costs, model_mask, lam):
+    choice = _choose(estimates + lam * costs[None, :], costs, model_mask)
+    safe = jnp.maximum(choice, 0)[:, None]
+    total = jnp.sum(units.weight)
+    pick = lambda table: jnp.sum(jnp.take_along_axis(table, safe, axis=1)[:, 0]) / total
+    feasible = jnp.any(model_mask)
+    nan_if_empty = lambda v: jnp.where(feasible, v, jnp.nan)
+    return (nan_if_empty(pick(units.cost_sums)), nan_if_empty(pick(units.quality_sums)),
+            nan_if_empty(pick(estimates * units.weight[:, None])))
+
+
+@functools.partial(jax.jit, static_argnames=("pool_batch",))
+def sweep_kernel(estimates: jax.Array, units: RoutingUnits, costs: jax.Array, pool_masks: jax.Array,
+                 lams: jax.Array, *, pool_batch: int = 1) -> SweepResult:
+    """Unchecked sweep over pools and budgets.
+
+    Args:
+      estimates: [n_units, max_models] estimated error of each model on each unit (`Phi . Psi`).
+      units: `RoutingUnits` with `n_units` rows over `max_models` models.
+      costs: [max_models] the per-query costs the router decides with.
+      pool_masks: [n_pools, max_models] bool.
+      lams: [n_budgets] trade-offs.
+      pool_batch: pools vmapped together inside a sequential map; bounds peak memory at about
+        `pool_batch * n_budgets * n_units * max_models` scores.
+    """
+    per_budget = jax.vmap(_sweep_one, in_axes=(None, None, None, None, 0))
+    cost, quality, err = jax.lax.map(lambda mask: per_budget(estimates, units, costs, mask, lams), pool_masks,
+                                     batch_size=pool_batch)
+    return SweepResult(cost, quality, err, jnp.any(pool_masks, axis=1))
+
+
+def _pool_batch(n_budgets: int, n_units: int, max_models: int, n_pools: int) -> int:
+    # Keep each vmapped chunk near 2^24 scores (64 MiB in float32).
+    per_pool = max(n_budgets * n_units * max_models, 1)
+    return int(max(1, min(n_pools, (1 << 24) // per_pool)))
+
+
+# ---------------------------------------------------------------- checked entry points
+
+
+def _check_pool(psi, costs):
+    psi = validation.float_array(psi, "psi", ndim=2)
+    validation.unit_interval(psi, "psi")
+    max_models = psi.shape[0]
+    costs = validation.nonnegative(validation.float_array(costs, "costs", shape=(max_models,)), "costs")
+    return psi, costs
+
+
+def route(
+    phi: ArrayLike,
+    psi: ArrayLike,
+    costs: ArrayLike,
+    lam: float,
+    *,
+    model_mask: ArrayLike | None = None,
+) -> RouteResult:
+    """Routes each prompt to `argmin_m phi . psi[m] + lam * costs[m]` over the pool's models.
+
+    Ties go to the cheaper model, then to the lower index.
+
+    Args:
+      phi: [n_prompts, n_clusters] prompt features (one-hot rows for k-means clusters).
+      psi: [max_models, n_clusters] per-cluster error rates of the model table.
+      costs: [max_models] cost per query, >= 0.
+      lam: trade-off >= 0; 0 picks the lowest estimated error, large values the cheapest model.
+      model_mask: optional [max_models] bool, True for models in the pool (default: all).
+
+    Returns:
+      `RouteResult(choice [n_prompts], feasible)`; `choice` is -1 and `feasible` False when the
+      mask selects no model.
+
+    Raises:
+      ValueError / TypeError naming the argument.
+    """
+    psi, costs = _check_pool(psi, costs)
+    phi = validation.float_array(phi, "phi", ndim=2)
+    if phi.shape[1] != psi.shape[1]:
+        raise ValueError(f"phi has shape {phi.shape} but psi has {psi.shape[1]} clusters")
+    mask = np.ones(psi.shape[0], bool) if model_mask is None else validation.bool_array(
+        model_mask, "model_mask", shape=(psi.shape[0],))
+    if not mask.any():
+        raise ValueError("model_mask selects no model: the pool is empty")
+    lam = validation.nonnegative_float(lam, "lam")
+    return route_kernel(jnp.asarray(phi), jnp.asarray(psi), jnp.asarray(costs), jnp.asarray(mask),
+                        jnp.asarray(lam, jnp.float32))
+
+
+def make_units(
+    labels: ArrayLike | None,
+    *,
+    n_units: int | None = None,
+    quality: ArrayLike | None = None,
+    prompt_costs: ArrayLike | None = None,
+    costs: ArrayLike | None = None,
+) -> RoutingUnits:
+    """Sums test labels and realised costs over the prompts that share a routing decision.
+
+    Args:
+      labels: [n_prompts] int unit of each prompt (hard clusters: its cluster), or None for one
+        unit per prompt (soft features, per-prompt estimates).
+      n_units: number of units when `labels` is given (the number of clusters).
+      quality: optional [n_prompts, max_models] test quality in [0, 1], no missing entries.
+      prompt_costs: optional [n_prompts, max_models] realised cost of each model on each prompt.
+      costs: [max_models] per-query costs, used when `prompt_costs` is not given.
+
+    Returns:
+      `RoutingUnits`.
+    """
+    q = pc = None
+    if quality is not None:
+        q = validation.unit_interval(validation.float_array(quality, "quality", ndim=2), "quality")
+    if prompt_costs is not None:
+        pc = validation.float_array(prompt_costs, "prompt_costs", ndim=2)
+        validation.nonnegative(pc, "prompt_costs")
+        if q is not None and pc.shape != q.shape:
+            raise ValueError(f"prompt_costs has shape {pc.shape} but quality has shape {q.shape}")
+    elif costs is not None:
+        c = validation.nonnegative(validation.float_array(costs, "costs", ndim=1), "costs")
+        n_prompts = q.shape[0] if q is not None else (np.asarray(labels).shape[0] if labels is not None else None)
+        if n_prompts is None:
+            raise ValueError("labels=None needs quality or prompt_costs to know the number of prompts")
+        if q is not None and c.shape[0] != q.shape[1]:
+            raise ValueError(f"costs has shape {c.shape} but quality has {q.shape[1]} model columns")
+        pc = np.broadcast_to(c, (n_prompts, c.shape[0]))
+    else:
+        raise ValueError("give prompt_costs or costs: the realised cost of each routed prompt")
+    if q is None:
+        q = np.zeros(pc.shape, np.float32)
+    n_prompts = pc.shape[0]
+    if n_prompts == 0:
+        raise ValueError("the units must hold at least one prompt")
+    if labels is None:
+        return RoutingUnits(jnp.ones(n_prompts, jnp.float32), jnp.asarray(q), jnp.asarray(pc, jnp.float32))
+    n_units = validation.positive_int(n_units, "n_units")
+    lab = validation.int_array(labels, "labels", shape=(n_prompts,), high=n_units)
+    weight = np.bincount(lab, minlength=n_units).astype(np.float32)
+    q_sums = np.zeros((n_units, q.shape[1]), np.float64)
+    c_sums = np.zeros_like(q_sums)
+    np.add.at(q_sums, lab, q)
+    np.add.at(c_sums, lab, pc)
+    return RoutingUnits(jnp.asarray(weight), jnp.asarray(q_sums, jnp.float32), jnp.asarray(c_sums, jnp.float32))
+
+
+def sweep(
+    estimates: ArrayLike,
+    units: RoutingUnits,
+    costs: ArrayLike,
+    lams: ArrayLike,
+    *,
+    pool_masks: ArrayLike | None = None,
+) -> SweepResult:
+    """Mean cost and quality of routing the units for every (pool, budget) in one jitted call.
+
+    Args:
+      estimates: [n_units, max_models] estimated error of each model on each unit: `psi.T` for
+        hard clusters, `phi @ psi.T` for soft features.
+      units: from `make_units`.
+      costs: [max_models] per-query costs the router decides with.
+      lams: [n_budgets] trade-offs >= 0.
+      pool_masks: optional [n_pools, max_models] bool (default: one pool of every model).
+
+    Returns:
+      `SweepResult` with `[n_pools, n_budgets]` curves.
+    """
+    n_units, max_models = units.quality_sums.shape
+    est = validation.float_array(estimates, "estimates", shape=(n_units, max_models))
+    costs = validation.nonnegative(validation.float_array(costs, "costs", shape=(max_models,)), "costs")
+    lams = validation.nonnegative(validation.float_array(lams, "lams", ndim=1), "lams")
+    if lams.size == 0:
+        raise ValueError("lams must hold at least one value")
+    masks = np.ones((1, max_models), bool) if pool_masks is None else validation.bool_array(
+        pool_masks, "pool_masks", shape=(None, max_models))
+    empty = np.flatnonzero(~masks.any(axis=1))
+    if empty.size:
+        raise ValueError(f"pool_masks rows {empty.tolist()} select no model: those pools are empty")
+    batch = _pool_batch(lams.size, n_units, max_models, masks.shape[0])
+    return sweep_kernel(jnp.asarray(est), units, jnp.asarray(costs), jnp.asarray(masks), jnp.asarray(lams),
+                        pool_batch=batch)
+
+
+def lambda_grid(costs: ArrayLike, n_budgets: int = 256) -> np.ndarray:
+    """A grid of `n_budgets` trade-offs that spans every decision for errors in [0, 1].
+
+    It holds 0 (most accurate), then geometric steps up to `2 / (smallest positive cost gap)`,
+    beyond which every prompt goes to the cheapest model.
+
+    Args:
+      costs: [n_models] per-query costs of the models that may be routed to.
+      n_budgets: grid size (>= 2).
+
+    Returns:
+      [n_budgets] float32 increasing trade-offs.
+    """
+    n_budgets = validation.positive_int(n_budgets, "n_budgets", minimum=2)
+    c = validation.nonnegative(validation.float_array(costs, "costs", ndim=1), "costs")
+    gaps = np.diff(np.unique(c))
+    if gaps.size == 0:
+        return np.zeros(n_budgets, np.float32)
+    hi = 2.0 / gaps.min()
+    lo = 1e-4 / (c.max() - c.min())
+    return np.concatenate([[0.0], np.geomspace(lo, hi, n_budgets - 1)]).astype(np.float32)

@@ -1,0 +1,139 @@
+"""Input checks shared by every public entry point.
+
+Checks run on the host, outside `jit`, and raise `ValueError`/`TypeError` naming the argument, what
+was expected and what was given. They return NumPy arrays so callers never mutate user input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+
+def _shape_str(shape: Sequence[int | None]) -> str:
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def float_array(
+    x,
+    name: str,
+    *,
+    ndim: int | None = None,
+    shape: Sequence[int | None] | None = None,
+    allow_nan: bool = False,
+    dtype=np.float32,
+) -> np.ndarray:
+    """Returns `x` as a finite float array, or raises naming `name`.
+
+    Args:
+      x: array-like.
+      name: the argument's name, used in messages.
+      ndim: required number of dimensions.
+      shape: required shape; `None` entries match any size.
+      allow_nan: let NaN through (missing labels); infinities are still rejected.
+      dtype: the float dtype of the returned array.
+    """
+    if x is None:
+        raise TypeError(f"{name} is required but got None")
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__}")
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    if np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be real-valued, got dtype {arr.dtype}")
+    if shape is not None:
+        ndim = len(shape)
+    if ndim is not None and arr.ndim != ndim:
+        want = _shape_str(shape) if shape is not None else f"{ndim} dimensions"
+        raise ValueError(f"{name} must have shape {want}, got shape {arr.shape}")
+    if shape is not None:
+        for got, want in zip(arr.shape, shape):
+            if want is not None and got != want:
+                raise ValueError(f"{name} must have shape {_shape_str(shape)}, got shape {arr.shape}")
+    arr = arr.astype(dtype, copy=True)
+    bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        what = "infinite" if allow_nan else "NaN or infinite"
+        raise ValueError(f"{name} must be finite, but {int(bad.sum())} entries are {what} (first at index {idx})")
+    return arr
+
+
+def int_array(x, name: str, *, shape: Sequence[int | None] | None = None, low: int = 0,
+              high: int | None = None) -> np.ndarray:
+    """Returns `x` as an int32 array with values in `[low, high)`, or raises naming `name`."""
+    arr = np.asarray(x)
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        if np.issubdtype(arr.dtype, np.floating) and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if shape is not None:
+        if arr.ndim != len(shape) or any(w is not None and g != w for g, w in zip(arr.shape, shape)):
+            raise ValueError(f"{name} must have shape {_shape_str(shape)}, got shape {arr.shape}")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < low or (high is not None and hi >= high):
+            rng = f"[{low}, {high})" if high is not None else f">= {low}"
+            raise ValueError(f"{name} values must be in {rng}, got values from {lo} to {hi}")
+    return arr.astype(np.int32)
+
+
+def bool_array(x, name: str, *, shape: Sequence[int | None]) -> np.ndarray:
+    """Returns `x` as a boolean array of the given shape, or raises naming `name`."""
+    arr = np.asarray(x)
+    if arr.dtype != np.bool_:
+        if np.issubdtype(arr.dtype, np.number) and np.all(np.isin(arr, (0, 1))):
+            arr = arr.astype(bool)
+        else:
+            raise TypeError(f"{name} must be a boolean mask, got dtype {arr.dtype}")
+    if arr.ndim != len(shape) or any(w is not None and g != w for g, w in zip(arr.shape, shape)):
+        raise ValueError(f"{name} must have shape {_shape_str(shape)}, got shape {arr.shape}")
+    return arr.copy()
+
+
+def unit_interval(arr: np.ndarray, name: str, *, where: np.ndarray | None = None) -> np.ndarray:
+    """Raises unless every (unmasked, non-NaN) entry of `arr` lies in [0, 1]."""
+    vals = arr if where is None else arr[where]
+    vals = vals[~np.isnan(vals)]
+    if vals.size and (vals.min() < 0 or vals.max() > 1):
+        raise ValueError(f"{name} must lie in [0, 1], got values from {vals.min():g} to {vals.max():g}")
+    return arr
+
+
+def nonnegative(arr: np.ndarray, name: str) -> np.ndarray:
+    """Raises unless every entry of `arr` is >= 0."""
+    if arr.size and arr.min() < 0:
+        idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
+        raise ValueError(f"{name} must be >= 0, got {arr[idx]:g} at index {idx}")
+    return arr
+
+
+def positive_int(n, name: str, *, minimum: int = 1) -> int:
+    """Returns `n` as a Python int >= `minimum`, or raises naming `name`."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(n).__name__} {n!r}")
+    if n < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {n}")
+    return int(n)
+
+
+def nonnegative_float(x, name: str) -> float:
+    """Returns `x` as a finite float >= 0, or raises naming `name`."""
+    try:
+        val = float(x)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(x).__name__} {x!r}") from None
+    if not np.isfinite(val) or val < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {val}")
+    return val
+
+
+def choice(value: str, name: str, options: Sequence[str]) -> str:
+    """Returns `value` if it is one of `options`, or raises naming `name`."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
+    return value
