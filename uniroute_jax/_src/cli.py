@@ -50,7 +50,10 @@ def read_matrix(path: str, name: str, *, key: str | None = None, allow_nan: bool
 
 def _read_csv_numbers(p: Path, name: str, allow_nan: bool) -> np.ndarray:
     with open(p, newline="") as f:
-        rows = [r for r in csv.reader(f) if r]
+        # A blank line inside a one-column file is a missing value; trailing blank lines are not.
+        rows = [r if r else [""] for r in csv.reader(f)]
+    while rows and rows[-1] == [""]:
+        rows.pop()
     if not rows:
         raise CLIError(f"{name}: {p} is empty")
 

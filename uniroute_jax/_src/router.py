@@ -271,8 +271,8 @@ class UniRouter:
 
         Args:
           val_embeddings: [n_val, dim] embeddings of the validation ("representative") prompts.
-          val_quality: [n_val, n_models] quality in [0, 1] of each LLM on each validation prompt;
-            NaN (or `label_mask` False) where an LLM was not run.
+          val_quality: [n_val, n_models] quality in [0, 1] of each LLM on each validation prompt
+            ([n_val] for one LLM); NaN (or `label_mask` False) where an LLM was not run.
           names: [n_models] names of the LLMs.
           costs: [n_models] cost per query.
           label_mask: optional [n_val, n_models] bool.
@@ -281,7 +281,8 @@ class UniRouter:
           A `Pool` of those LLMs.
         """
         x = self._embeddings(val_embeddings, "val_embeddings")
-        q = validation.float_array(val_quality, "val_quality", ndim=2, allow_nan=True)
+        q = np.asarray(val_quality)
+        q = validation.float_array(q[:, None] if q.ndim == 1 else q, "val_quality", ndim=2, allow_nan=True)
         if q.shape[0] != x.shape[0]:
             raise ValueError(f"val_quality has {q.shape[0]} rows but val_embeddings has {x.shape[0]} prompts")
         names = (names,) if isinstance(names, str) else tuple(names)
@@ -357,10 +358,10 @@ class UniRouter:
     def _check_pool(self, pool: Pool) -> None:
         if not isinstance(pool, Pool):
             raise TypeError(f"pool must be a Pool, got {type(pool).__name__}")
-        if len(pool) == 0:
-            raise ValueError("pool is empty: represent at least one LLM first")
         if pool.n_clusters != self.n_clusters:
             raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {self.n_clusters}")
+        if len(pool) == 0:
+            raise ValueError("pool is empty: represent at least one LLM first")
 
     def save(self, path) -> Path:
         """Writes the router to a versioned `.npz` file."""

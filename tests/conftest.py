@@ -1,0 +1,19 @@
+"""Shared test settings: a derandomised hypothesis profile and the shared-data locator."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", deadline=None, derandomize=True, database=None, max_examples=25)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+SHARED_DATA = Path(os.environ.get("UNIROUTE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared routing data not found at {SHARED_DATA} (set UNIROUTE_DATA to its folder)")
+    return SHARED_DATA
