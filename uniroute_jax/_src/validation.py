@@ -47,8 +47,8 @@ def float_array(
     if shape is not None:
         ndim = len(shape)
     if ndim is not None and arr.ndim != ndim:
-        want = _shape_str(shape) if shape is not None else f"{ndim} dimensions"
-        raise ValueError(f"{name} must have shape {want}, got shape {arr.shape}")
+        want = f"shape {_shape_str(shape)}" if shape is not None else f"{ndim} dimensions"
+        raise ValueError(f"{name} must have {want}, got shape {arr.shape}")
     if shape is not None:
         for got, want in zip(arr.shape, shape):
             if want is not None and got != want:
