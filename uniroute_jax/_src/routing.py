@@ -45,14 +45,26 @@ class RoutingUnits(NamedTuple):
     cost_sums: jax.Array  # [n_units, max_models] summed realised cost
 
 
+def _cheapest_first(costs: jax.Array) -> jax.Array:
+    """Model order by (cost, index): `argmin`'s first-index rule then breaks ties toward cheaper."""
+    return jnp.argsort(costs, stable=True)
+
+
+def _argmin_ordered(scores: jax.Array, model_mask: jax.Array) -> jax.Array:
+    """Row-wise argmin of `scores [n, max_models]` whose columns are already cheapest-first.
+
+    One reduction decides: comparing a recomputed minimum with the scores could disagree in the
+    last bit when the compiler fuses the two differently.
+    """
+    choice = jnp.argmin(jnp.where(model_mask[None, :], scores, jnp.inf), axis=-1).astype(jnp.int32)
+    return jnp.where(jnp.any(model_mask), choice, -1)
+
+
 def _choose(scores: jax.Array, costs: jax.Array, model_mask: jax.Array) -> jax.Array:
     """Row-wise argmin of `scores [n, max_models]`; ties go to the cheaper, then lower-index model."""
-    scores = jnp.where(model_mask[None, :], scores, jnp.inf)
-    best = jnp.min(scores, axis=-1, keepdims=True)
-    tied = (scores <= best) & model_mask[None, :]
-    cheapest = jnp.min(jnp.where(tied, costs[None, :], jnp.inf), axis=-1, keepdims=True)
-    first = jnp.argmax(tied & (costs[None, :] <= cheapest), axis=-1).astype(jnp.int32)
-    return jnp.where(jnp.any(model_mask), first, -1)
+    order = _cheapest_first(costs)
+    choice = _argmin_ordered(scores[:, order], model_mask[order])
+    return jnp.where(choice >= 0, order[jnp.maximum(choice, 0)], -1)
 
 
 @jax.jit
@@ -71,7 +83,8 @@ def route_kernel(phi: jax.Array, psi: jax.Array, costs: jax.Array, model_mask: j
 
 
 def _sweep_one(estimates, units: RoutingUnits, costs, model_mask, lam):
-    choice = _choose(estimates + lam * costs[None, :], costs, model_mask)
+    """One (pool, budget); the model axis of every argument is already cheapest-first."""
+    choice = _argmin_ordered(estimates + lam * costs[None, :], model_mask)
     safe = jnp.maximum(choice, 0)[:, None]
     total = jnp.sum(units.weight)
     pick = lambda table: jnp.sum(jnp.take_along_axis(table, safe, axis=1)[:, 0]) / total
@@ -95,6 +108,10 @@ def sweep_kernel(estimates: jax.Array, units: RoutingUnits, costs: jax.Array, po
       pool_batch: pools vmapped together inside a sequential map; bounds peak memory at about
         `pool_batch * n_budgets * n_units * max_models` scores.
     """
+    # Put the model axis in (cost, index) order once, so each decision is a single argmin.
+    order = _cheapest_first(costs)
+    estimates, costs, pool_masks = estimates[:, order], costs[order], pool_masks[:, order]
+    units = RoutingUnits(units.weight, units.quality_sums[:, order], units.cost_sums[:, order])
     per_budget = jax.vmap(_sweep_one, in_axes=(None, None, None, None, 0))
     cost, quality, err = jax.lax.map(lambda mask: per_budget(estimates, units, costs, mask, lams), pool_masks,
                                      batch_size=pool_batch)
@@ -205,12 +222,9 @@ def make_units(
         return RoutingUnits(jnp.ones(n_prompts, jnp.float32), jnp.asarray(q), jnp.asarray(pc, jnp.float32))
     n_units = validation.positive_int(n_units, "n_units")
     lab = validation.int_array(labels, "labels", shape=(n_prompts,), high=n_units)
-    weight = np.bincount(lab, minlength=n_units).astype(np.float32)
-    q_sums = np.zeros((n_units, q.shape[1]), np.float64)
-    c_sums = np.zeros_like(q_sums)
-    np.add.at(q_sums, lab, q)
-    np.add.at(c_sums, lab, pc)
-    return RoutingUnits(jnp.asarray(weight), jnp.asarray(q_sums, jnp.float32), jnp.asarray(c_sums, jnp.float32))
+    seg = functools.partial(jax.ops.segment_sum, segment_ids=jnp.asarray(lab), num_segments=n_units)
+    weight, q_sums, c_sums = seg(jnp.ones(n_prompts, jnp.float32)), seg(jnp.asarray(q)), seg(jnp.asarray(pc, jnp.float32))
+    return RoutingUnits(weight, q_sums, c_sums)
 
 
 def sweep(

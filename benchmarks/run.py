@@ -1,0 +1,217 @@
+"""One benchmark runner: `python benchmarks/run.py --size smoke|full [--out results.json] [--only a,b]`.
+
+Every case warms up (the first call compiles; its time is reported apart), blocks until the
+device is done, takes the median of repeats, and measures its baseline in the same run, printed
+as a ratio. Peak resident memory of the process is reported after each case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import uniroute_jax as ur
+
+SIZES = {
+    "smoke": dict(
+        kmeans=dict(n=5000, dim=384, k=50, n_init=1, repeats=3),
+        sweep=dict(n_pools=64, n_budgets=256, n_prompts=20000, n_clusters=50, max_models=16, loop_pairs=None, repeats=3),
+    ),
+    "full": dict(
+        kmeans=dict(n=20000, dim=384, k=100, n_init=1, repeats=3),
+        # The per-prompt loop over 400k (pool, budget) pairs would run for many minutes: it is timed
+        # on `loop_pairs` pairs and extrapolated linearly (each pair is independent work).
+        sweep=dict(n_pools=400, n_budgets=1000, n_prompts=10000, n_clusters=100, max_models=64, loop_pairs=2000,
+                   repeats=3),
+    ),
+}
+
+
+def _ready(x):
+    return jax.block_until_ready(x)
+
+
+def timed(fn: Callable[[], object], repeats: int) -> dict:
+    """First call (compile + run) and the median of `repeats` further calls, in seconds."""
+    t0 = time.perf_counter()
+    _ready(fn())
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _ready(fn())
+        runs.append(time.perf_counter() - t0)
+    return {"first_call_s": first, "median_s": statistics.median(runs), "runs_s": runs}
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def clustered_data(n: int, dim: int, n_centers: int, seed: int = 0) -> np.ndarray:
+    """Unit-norm points around `n_centers` directions, like sentence embeddings of mixed tasks."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_centers, dim))
+    x = centers[rng.integers(0, n_centers, n)] + 0.6 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------- k-means
+
+
+def bench_kmeans(n: int, dim: int, k: int, n_init: int, repeats: int) -> dict:
+    from sklearn.cluster import KMeans
+
+    x = clustered_data(n, dim, n_centers=2 * k)
+    seeds = iter(range(100))
+    ours_result = {}
+
+    def ours():
+        res = ur.kmeans(x, k, key=next(seeds), n_init=n_init, tol=1e-4)
+        ours_result["inertia"] = res.inertia
+        return res.inertia
+
+    def theirs():
+        ours_result["sk"] = KMeans(k, n_init=n_init, tol=1e-4, random_state=next(seeds)).fit(x)
+        return 0
+
+    t_ours = timed(ours, repeats)
+    t_sk = timed(theirs, repeats)
+    inertia_ours = float(ours_result["inertia"])
+    inertia_sk = float(ours_result["sk"].inertia_)
+    return {
+        "case": f"k-means {n}x{dim}, K={k}, n_init={n_init} (init included)",
+        "ours": t_ours, "baseline": t_sk, "baseline_name": "scikit-learn KMeans (lloyd)",
+        "speedup": t_sk["median_s"] / t_ours["median_s"],
+        "inertia_ratio": inertia_ours / inertia_sk,
+    }
+
+
+# ----------------------------------------------------------------------------------- sweep
+
+
+def sweep_problem(n_pools, n_budgets, n_prompts, n_clusters, max_models, seed=0):
+    rng = np.random.default_rng(seed)
+    psi = rng.uniform(0.05, 0.6, (max_models, n_clusters)).astype(np.float32)
+    costs = np.exp(rng.normal(size=max_models)).astype(np.float32)
+    labels = rng.integers(0, n_clusters, n_prompts).astype(np.int32)
+    quality = (rng.random((n_prompts, max_models)) < 1 - psi.T[labels]).astype(np.float32)
+    sizes = rng.integers(2, max_models + 1, n_pools)
+    masks = np.zeros((n_pools, max_models), bool)
+    for p, s in enumerate(sizes):
+        masks[p, rng.choice(max_models, s, replace=False)] = True
+    lams = ur.lambda_grid(costs, n_budgets)
+    return psi, costs, labels, quality, masks, lams
+
+
+def numpy_loop_sweep(psi, costs, labels, quality, masks, lams, pairs=None):
+    """How peer libraries build curves: for each pool and budget, score every prompt, take argmin."""
+    est = psi.T[labels]  # [n_prompts, max_models]
+    rows = np.arange(len(labels))
+    out = np.zeros((len(masks), len(lams), 2))
+    todo = [(p, b) for p in range(len(masks)) for b in range(len(lams))]
+    for p, b in todo[:pairs]:
+        scores = np.where(masks[p], est + lams[b] * costs, np.inf)
+        choice = scores.argmin(1)
+        out[p, b] = costs[choice].mean(), quality[rows, choice].mean()
+    return out
+
+
+def numpy_vectorised_sweep(psi, costs, labels, quality, masks, lams):
+    """The best NumPy we could write: per-cluster decisions for all budgets of a pool at once."""
+    k = psi.shape[1]
+    weight = np.bincount(labels, minlength=k)
+    q_sums = np.zeros((k, psi.shape[0]))
+    np.add.at(q_sums, labels, quality)
+    out = np.zeros((len(masks), len(lams), 2))
+    for p, mask in enumerate(masks):
+        scores = psi.T[None] + lams[:, None, None] * costs[None, None]  # [B, K, M]
+        choice = np.where(mask, scores, np.inf).argmin(-1)  # [B, K]
+        out[p, :, 0] = (weight[None] * costs[choice]).sum(1) / len(labels)
+        out[p, :, 1] = np.take_along_axis(q_sums[None].repeat(len(lams), 0), choice[..., None], 2)[..., 0].sum(1) / len(labels)
+    return out
+
+
+def bench_sweep(n_pools, n_budgets, n_prompts, n_clusters, max_models, loop_pairs, repeats) -> dict:
+    psi, costs, labels, quality, masks, lams = sweep_problem(n_pools, n_budgets, n_prompts, n_clusters, max_models)
+    units = ur.make_units(labels, n_units=n_clusters, quality=quality, costs=costs)
+
+    def ours():
+        return ur.sweep(psi.T, units, costs, lams, pool_masks=masks).mean_cost
+
+    t_ours = timed(ours, repeats)
+    res = ur.sweep(psi.T, units, costs, lams, pool_masks=masks)
+    # The per-cluster units are summed on the host once per test set: time it as part of ours.
+    t_units = timed(lambda: ur.make_units(labels, n_units=n_clusters, quality=quality, costs=costs).weight, 1)
+
+    total_pairs = n_pools * n_budgets
+    pairs = total_pairs if loop_pairs is None else min(loop_pairs, total_pairs)
+    t0 = time.perf_counter()
+    loop = numpy_loop_sweep(psi, costs, labels, quality, masks, lams, pairs)
+    t_loop = (time.perf_counter() - t0) * total_pairs / pairs
+    t_vec = timed(lambda: numpy_vectorised_sweep(psi, costs, labels, quality, masks, lams), 1)
+    vec = numpy_vectorised_sweep(psi, costs, labels, quality, masks, lams)
+
+    p_idx, b_idx = np.unravel_index(np.arange(pairs), (n_pools, n_budgets))
+    max_diff_loop = float(np.abs(np.asarray(res.mean_cost)[p_idx, b_idx] - loop[p_idx, b_idx, 0]).max())
+    max_diff_vec = float(np.abs(np.asarray(res.mean_quality) - vec[..., 1]).max())
+    ours_total = t_ours["median_s"] + t_units["median_s"]
+    return {
+        "case": f"sweep {n_pools} pools x {n_budgets} budgets x {n_prompts} prompts, K={n_clusters}, "
+                f"max_models={max_models}",
+        "ours": t_ours, "make_units_s": t_units["median_s"],
+        "numpy_loop_s": t_loop, "numpy_loop_pairs_timed": pairs,
+        "numpy_vectorised_s": t_vec["median_s"],
+        "speedup_vs_loop": t_loop / ours_total,
+        "speedup_vs_vectorised": t_vec["median_s"] / ours_total,
+        "max_abs_diff_vs_loop_cost": max_diff_loop, "max_abs_diff_vs_vectorised_quality": max_diff_vec,
+    }
+
+
+CASES = {"kmeans": bench_kmeans, "sweep": bench_sweep}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", choices=list(SIZES), default="smoke")
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--only", help="comma-separated cases: " + ",".join(CASES))
+    args = ap.parse_args(argv)
+    chosen = args.only.split(",") if args.only else list(CASES)
+    unknown = set(chosen) - set(CASES)
+    if unknown:
+        ap.error(f"unknown cases {sorted(unknown)}; choose from {list(CASES)}")
+    meta = {"size": args.size, "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
+            "cpus": jax.device_count("cpu") if jax.default_backend() == "cpu" else None,
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+            "python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__}
+    print(json.dumps(meta), file=sys.stderr)
+    results = {"meta": meta, "cases": {}}
+    for name in chosen:
+        print(f"== {name}", file=sys.stderr, flush=True)
+        r = CASES[name](**SIZES[args.size][name])
+        r["peak_rss_mib"] = peak_rss_mib()
+        results["cases"][name] = r
+        summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                   if not isinstance(v, dict)}
+        summary.update({f"{k}_median_s": round(v["median_s"], 4) for k, v in r.items() if isinstance(v, dict)})
+        summary.update({f"{k}_first_call_s": round(v["first_call_s"], 3) for k, v in r.items() if isinstance(v, dict)})
+        print(json.dumps(summary, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
