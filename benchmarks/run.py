@@ -27,6 +27,7 @@ SIZES = {
     "smoke": dict(
         kmeans=dict(n=5000, dim=384, k=50, n_init=1, repeats=3),
         sweep=dict(n_pools=64, n_budgets=256, n_prompts=20000, n_clusters=50, max_models=16, loop_pairs=None, repeats=3),
+        routing=dict(batch=4096, dim=384, k=100, n_models=64, latency_calls=500, repeats=10),
     ),
     "full": dict(
         kmeans=dict(n=20000, dim=384, k=100, n_init=1, repeats=3),
@@ -34,6 +35,7 @@ SIZES = {
         # on `loop_pairs` pairs and extrapolated linearly (each pair is independent work).
         sweep=dict(n_pools=400, n_budgets=1000, n_prompts=10000, n_clusters=100, max_models=64, loop_pairs=2000,
                    repeats=3),
+        routing=dict(batch=4096, dim=384, k=100, n_models=64, latency_calls=2000, repeats=20),
     ),
 }
 
@@ -179,7 +181,57 @@ def bench_sweep(n_pools, n_budgets, n_prompts, n_clusters, max_models, loop_pair
     }
 
 
-CASES = {"kmeans": bench_kmeans, "sweep": bench_sweep}
+# --------------------------------------------------------------------------------- routing
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured float32 matmul FLOP/s of this device: the practical peak to compare against."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    t = timed(lambda: f(a), repeats)["median_s"]
+    return 2 * n**3 / t
+
+
+def bench_routing(batch: int, dim: int, k: int, n_models: int, latency_calls: int, repeats: int) -> dict:
+    from uniroute_jax._src.router import route_embeddings_kernel
+
+    rng = np.random.default_rng(0)
+    centroids = clustered_data(k, dim, k)
+    psi = rng.uniform(0.05, 0.6, (n_models, k)).astype(np.float32)
+    pool = ur.Pool(tuple(f"m{i}" for i in range(n_models)), np.exp(rng.normal(size=n_models)), psi,
+                   np.ones_like(psi), psi)
+    router = ur.UniRouter(centroids, "cosine")
+    table = jnp.asarray(router.decision_table(pool, 0.3))
+    c = jnp.asarray(centroids)
+    x_big = jax.device_put(clustered_data(batch, dim, k, seed=1))
+    kernel = lambda x: route_embeddings_kernel(x, c, table, metric="cosine")[0]
+    t_batch = timed(lambda: kernel(x_big), repeats)
+    # Batch 1 latency: one host array in, one decision out, as a server would call it.
+    x_one = clustered_data(latency_calls, dim, k, seed=2)
+    _ready(kernel(jnp.asarray(x_one[:1])))
+    lat = []
+    for i in range(latency_calls):
+        t0 = time.perf_counter()
+        int(kernel(x_one[i:i + 1])[0])
+        lat.append(time.perf_counter() - t0)
+    lat_api = []
+    for i in range(min(latency_calls, 200)):
+        t0 = time.perf_counter()
+        router.route(x_one[i:i + 1], pool, 0.3)
+        lat_api.append(time.perf_counter() - t0)
+    flops = 2 * batch * dim * k / t_batch["median_s"]
+    peak = matmul_peak_flops()
+    return {
+        "case": f"routing, batch {batch}, {dim}-d, K={k}, {n_models} models (nearest centroid + table lookup)",
+        "ours": t_batch, "routes_per_s": batch / t_batch["median_s"],
+        "gflops_achieved": flops / 1e9, "gflops_matmul_peak_measured": peak / 1e9,
+        "latency_batch1_p50_us": 1e6 * float(np.percentile(lat, 50)),
+        "latency_batch1_p99_us": 1e6 * float(np.percentile(lat, 99)),
+        "latency_router_route_batch1_p50_us": 1e6 * float(np.percentile(lat_api, 50)),
+    }
+
+
+CASES = {"kmeans": bench_kmeans, "sweep": bench_sweep, "routing": bench_routing}
 
 
 def main(argv=None) -> int:

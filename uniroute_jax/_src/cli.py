@@ -189,6 +189,60 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from uniroute_jax._src import evaluation as ev
+
+    if args.data and args.shared:
+        raise CLIError("give --data or --shared, not both")
+    if args.data:
+        from uniroute_jax._src.data import load_folder
+
+        ds = load_folder(args.data)
+    elif args.shared:
+        from uniroute_jax._src.data import load_shared
+
+        ds = load_shared(args.shared)
+    else:
+        ds = ev.synthetic_dataset(args.seed)
+    if ds.embeddings is None:
+        ds = _embed_dataset(ds, args)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(ev.DEFAULT_METHODS)
+    aliases = {m.lower(): m for m in ev.METHODS}
+    aliases.update({"zero": ev.ZERO, "knn": ev.KNN, "kmeans": ev.KMEANS, "learnedmap": ev.LEARNED, "mlp": ev.MLP,
+                    "mlp-retrained": ev.MLP_RETRAINED, "oracle": ev.ORACLE})
+    unknown = [m for m in methods if m.lower() not in aliases]
+    if unknown:
+        raise CLIError(f"unknown methods {unknown}; choose from {sorted(aliases)}")
+    kw = {}
+    if args.k_grid:
+        kw["k_grid"] = tuple(int(k) for k in args.k_grid.split(","))
+    config = ev.ProtocolConfig(n_trials=args.trials, seed=args.seed, **kw)
+    res = ev.evaluate(ds, [aliases[m.lower()] for m in methods], config=config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(res.table() + "\n")
+    (out / "table.csv").write_text(res.table("csv"))
+    rows = [[name, t, *(float(getattr(res.metrics[name], f)[t]) for f in res.metrics[name]._fields)]
+            for name in res.methods for t in range(config.n_trials)]
+    write_table(str(out / "trials.csv"), ["method", "trial", *ev.metrics.CurveMetrics._fields], rows)
+    res.plot(out / "curves.png")
+    print(res.table())
+    print(f"\nK chosen per trial: {np.bincount(res.chosen_k).nonzero()[0].tolist()}; "
+          f"written: {out / 'table.md'}, {out / 'table.csv'}, {out / 'trials.csv'}, {out / 'curves.png'}")
+    return 0
+
+
+def _embed_dataset(ds, args):
+    """Embeds the dataset's texts with the local MiniLM model (cached on disk)."""
+    if ds.texts is None:
+        raise CLIError(f"dataset {ds.name!r} has neither embeddings nor texts to embed")
+    from uniroute_jax._src.embedding import TextEmbedder
+
+    embedder = TextEmbedder(args.model_dir, truncation=args.truncation) if args.truncation else TextEmbedder(
+        args.model_dir)
+    return ds.with_embeddings(embedder(list(ds.texts)))
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
@@ -241,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", "-o", help="CSV to write (default stdout)")
     s.add_argument("--plot", help="PNG to write")
     s.set_defaults(func=_cmd_sweep)
+
+    e = sub.add_parser("evaluate", help="the paper's protocol: every method on random splits; table, CSVs, PNG")
+    src = e.add_mutually_exclusive_group()
+    src.add_argument("--data", help="a dataset folder (prompts.csv, quality.csv, models.csv[, embeddings.npy])")
+    src.add_argument("--shared", help="a staged dataset: routerbench_partial, alpacaeval, routerdc_7llm")
+    e.add_argument("--trials", type=int, default=20, help="random splits (default 20)")
+    e.add_argument("--methods", help="comma-separated: zero,knn,kmeans,learnedmap,mlp,mlp-retrained,oracle")
+    e.add_argument("--k-grid", help="comma-separated candidate K (default 5,10,25,50,100)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--model-dir", help="all-MiniLM-L6-v2 folder for embedding texts (default: installed package)")
+    e.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
+    e.add_argument("--out", "-o", default="uniroute_eval", help="output folder (default ./uniroute_eval)")
+    e.set_defaults(func=_cmd_evaluate)
     return p
 
 

@@ -218,9 +218,12 @@ def kmeans(
 def assign_kernel(x: jax.Array, centroids: jax.Array, *, metric: str = "euclidean") -> jax.Array:
     """Unchecked nearest-centroid labels `[n_points]` int32 for `x [n_points, dim]`."""
     if metric == "cosine":
-        # Centroids are unit vectors, so the largest dot product is the smallest angle.
+        # Centroids are unit vectors, so the largest dot product is the smallest angle; scaling a
+        # row of x does not change its argmax, so x needs no normalising.
         return jnp.argmax(x @ centroids.T, axis=-1).astype(jnp.int32)
-    return _nearest(x, jnp.sum(x * x, axis=-1), centroids)[0]
+    # |x|^2 is the same for every centroid of a row: drop it from the argmin.
+    c_sq = jnp.sum(centroids * centroids, axis=-1)
+    return jnp.argmin(c_sq[None, :] - 2.0 * x @ centroids.T, axis=-1).astype(jnp.int32)
 
 
 def assign_clusters(x: ArrayLike, centroids: ArrayLike, *, metric: str = "euclidean") -> jax.Array:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from collections.abc import Sequence
@@ -171,6 +172,13 @@ def _to_curves(lams, result: SweepResult, masks, has_quality: bool) -> Curves:
                   np.asarray(result.mean_error_estimate), masks)
 
 
+@functools.partial(jax.jit, static_argnames=("metric",))
+def route_embeddings_kernel(x: jax.Array, centroids: jax.Array, table: jax.Array, *, metric: str):
+    """Unchecked serving path: `(model row [n_prompts], cluster [n_prompts])` for `x [n_prompts, dim]`."""
+    labels = assign_kernel(x, centroids, metric=metric)
+    return table[labels], labels
+
+
 class Routing(NamedTuple):
     """Decisions for a batch of prompts."""
 
@@ -305,15 +313,25 @@ class UniRouter:
         Returns:
           `Routing(model, index, cluster)`, each `[n_prompts]`.
         """
+        table = self.decision_table(pool, lam, models=models)
+        x = self._embeddings(embeddings)
+        index, labels = (np.asarray(a) for a in route_embeddings_kernel(
+            jnp.asarray(x), jnp.asarray(self.centroids), jnp.asarray(table), metric=self.metric))
+        return Routing(np.asarray(pool.names)[index], index, labels)
+
+    def decision_table(self, pool: Pool, lam: float, *, models: Sequence[str] | None = None) -> np.ndarray:
+        """The model row chosen for each cluster, `[n_clusters]` int32: routing is then a lookup.
+
+        Serving code can keep the table and call `route_embeddings_kernel` per batch (one jitted
+        call: nearest centroid plus a gather).
+        """
         self._check_pool(pool)
         lam = validation.nonnegative_float(lam, "lam")
         mask = np.ones(len(pool), bool) if models is None else pool.masks([models])[0]
-        labels = self.assign(embeddings)
-        # One decision per cluster, then a gather: no [n_prompts, n_models] score matrix.
+        # One decision per cluster: no [n_prompts, n_models] score matrix is ever built.
         per_cluster = route_kernel(jnp.eye(self.n_clusters, dtype=jnp.float32), jnp.asarray(pool.psi),
                                    jnp.asarray(pool.costs), jnp.asarray(mask), jnp.asarray(lam, jnp.float32))
-        index = np.asarray(per_cluster.choice)[labels]
-        return Routing(np.asarray(pool.names)[index], index, labels)
+        return np.asarray(per_cluster.choice)
 
     def sweep(
         self,
