@@ -1,8 +1,25 @@
 """uniroute-jax: dynamic LLM routing (UniRoute) with a JAX numerical core."""
 
 from uniroute_jax._src.baselines import oracle_estimates, zero_router_estimates
+from uniroute_jax._src.curves import (
+    CalibratedResult,
+    CalibratedRoute,
+    Calibration,
+    CurvePoints,
+    ExactCurve,
+    apply_calibration,
+    calibrate,
+    curve_at,
+    curve_points,
+    exact_curve,
+    exact_curve_kernel,
+    route_calibrated,
+)
 from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, ErrorVectors, error_vectors
+from uniroute_jax._src.fixed_pool import FixedPoolConfig, FixedPoolRouter, random_router_estimates
 from uniroute_jax._src.kmeans import KMeansResult, assign_clusters, kmeans
+from uniroute_jax._src.knn import knn_estimates, knn_estimates_multi
+from uniroute_jax._src.learned_map import LearnedMapConfig, LearnedMapRouter
 from uniroute_jax._src.metrics import (
     CurveMetrics,
     PoolReference,
@@ -22,6 +39,7 @@ from uniroute_jax._src.metrics import (
     sign_test,
     upper_hull_mask,
 )
+from uniroute_jax._src.onboarding import ErrorIntervals, ValidationSize, error_intervals, validation_prompts_needed
 from uniroute_jax._src.router import Curves, Pool, Routing, UniRouter
 from uniroute_jax._src.routing import (
     RouteResult,
@@ -49,11 +67,21 @@ from uniroute_jax._src.synthetic import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CalibratedResult",
+    "CalibratedRoute",
+    "Calibration",
     "CurveMetrics",
+    "CurvePoints",
     "Curves",
     "DEFAULT_ALPHA",
+    "ErrorIntervals",
     "ErrorVectors",
+    "ExactCurve",
+    "FixedPoolConfig",
+    "FixedPoolRouter",
     "KMeansResult",
+    "LearnedMapConfig",
+    "LearnedMapRouter",
     "LLMs",
     "Pool",
     "PoolReference",
@@ -66,19 +94,29 @@ __all__ = [
     "SweepResult",
     "ThresholdCost",
     "UniRouter",
+    "ValidationSize",
     "World",
     "WorldConfig",
     "aiq",
     "apgr",
+    "apply_calibration",
     "area",
     "assign_clusters",
     "auc",
+    "calibrate",
     "cpt",
+    "curve_at",
     "curve_metrics",
+    "curve_points",
+    "error_intervals",
     "error_probability",
     "error_vectors",
+    "exact_curve",
+    "exact_curve_kernel",
     "interpolate_curve",
     "kmeans",
+    "knn_estimates",
+    "knn_estimates_multi",
     "lambda_grid",
     "make_units",
     "make_world",
@@ -87,7 +125,9 @@ __all__ = [
     "peak_quality",
     "pool_reference",
     "qnc",
+    "random_router_estimates",
     "route",
+    "route_calibrated",
     "sample_llms",
     "sample_prompt_space",
     "sample_prompts",
@@ -95,5 +135,6 @@ __all__ = [
     "sweep",
     "synthetic_world",
     "upper_hull_mask",
+    "validation_prompts_needed",
     "zero_router_estimates",
 ]

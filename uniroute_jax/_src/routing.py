@@ -227,6 +227,23 @@ def make_units(
     return RoutingUnits(weight, q_sums, c_sums)
 
 
+def _check_sweep(estimates, units: RoutingUnits, costs, lams, pool_masks):
+    """`sweep`'s input checks, shared with `sharding.sharded_sweep`: host (NumPy) copies of
+    `(estimates, costs, lams, pool_masks)`, the masks defaulting to one pool of every model."""
+    n_units, max_models = units.quality_sums.shape
+    est = validation.float_array(estimates, "estimates", shape=(n_units, max_models))
+    costs = validation.nonnegative(validation.float_array(costs, "costs", shape=(max_models,)), "costs")
+    lams = validation.nonnegative(validation.float_array(lams, "lams", ndim=1), "lams")
+    if lams.size == 0:
+        raise ValueError("lams must hold at least one value")
+    masks = np.ones((1, max_models), bool) if pool_masks is None else validation.bool_array(
+        pool_masks, "pool_masks", shape=(None, max_models))
+    empty = np.flatnonzero(~masks.any(axis=1))
+    if empty.size:
+        raise ValueError(f"pool_masks rows {empty.tolist()} select no model: those pools are empty")
+    return est, costs, lams, masks
+
+
 def sweep(
     estimates: ArrayLike,
     units: RoutingUnits,
@@ -248,17 +265,8 @@ def sweep(
     Returns:
       `SweepResult` with `[n_pools, n_budgets]` curves.
     """
-    n_units, max_models = units.quality_sums.shape
-    est = validation.float_array(estimates, "estimates", shape=(n_units, max_models))
-    costs = validation.nonnegative(validation.float_array(costs, "costs", shape=(max_models,)), "costs")
-    lams = validation.nonnegative(validation.float_array(lams, "lams", ndim=1), "lams")
-    if lams.size == 0:
-        raise ValueError("lams must hold at least one value")
-    masks = np.ones((1, max_models), bool) if pool_masks is None else validation.bool_array(
-        pool_masks, "pool_masks", shape=(None, max_models))
-    empty = np.flatnonzero(~masks.any(axis=1))
-    if empty.size:
-        raise ValueError(f"pool_masks rows {empty.tolist()} select no model: those pools are empty")
+    est, costs, lams, masks = _check_sweep(estimates, units, costs, lams, pool_masks)
+    n_units, max_models = est.shape
     batch = _pool_batch(lams.size, n_units, max_models, masks.shape[0])
     return sweep_kernel(jnp.asarray(est), units, jnp.asarray(costs), jnp.asarray(masks), jnp.asarray(lams),
                         pool_batch=batch)
