@@ -122,3 +122,13 @@ def test_bad_input_raises(world, fitted, call, exc, match):
     router, pool = fitted
     with pytest.raises(exc, match=match):
         call(router, pool, world)
+
+
+def test_exact_curve_holds_every_grid_point(world, fitted):
+    router, pool = fitted
+    exact = router.exact_curve(world["test"], pool, quality=world["q_test"], subsets=[["m0", "m2", "m4"]])
+    grid = router.sweep(world["test"], pool, quality=world["q_test"], subsets=[["m0", "m2", "m4"]], n_budgets=64)
+    pts = set(zip(np.round(np.asarray(exact.mean_cost[0])[np.asarray(exact.valid[0])], 5),
+                  np.round(np.asarray(exact.mean_quality[0])[np.asarray(exact.valid[0])], 5)))
+    for c, q in zip(np.round(grid.mean_cost[0], 5), np.round(grid.mean_quality[0], 5)):
+        assert (c, q) in pts

@@ -23,6 +23,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uniroute_jax._src import persistence, validation
+from uniroute_jax._src.curves import ExactCurve, exact_curve
 from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, error_vectors
 from uniroute_jax._src.kmeans import METRICS, assign_kernel, kmeans
 from uniroute_jax._src.routing import SweepResult, lambda_grid, make_units, route_kernel, sweep
@@ -362,16 +363,42 @@ class UniRouter:
         """
         self._check_pool(pool)
         labels = self.assign(embeddings)
-        for name, arr in (("quality", quality), ("prompt_costs", prompt_costs)):
-            if arr is not None and np.shape(arr) != (labels.shape[0], len(pool)):
-                raise ValueError(f"{name} must have shape ({labels.shape[0]}, {len(pool)}) (prompts, pool models), "
-                                 f"got {np.shape(arr)}")
+        self._check_labels(labels, pool, quality, prompt_costs)
         lams = lambda_grid(pool.costs, n_budgets) if lams is None else lams
         masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
         units = make_units(labels, n_units=self.n_clusters, quality=quality, prompt_costs=prompt_costs,
                            costs=pool.costs)
         result = sweep(pool.psi.T, units, pool.costs, lams, pool_masks=masks)
         return _to_curves(lams, result, masks, quality is not None)
+
+    def exact_curve(
+        self,
+        embeddings: ArrayLike,
+        pool: Pool,
+        *,
+        quality: ArrayLike | None = None,
+        prompt_costs: ArrayLike | None = None,
+        subsets: Sequence[Sequence[str]] | np.ndarray | None = None,
+    ) -> ExactCurve:
+        """Every operating point of the router, over all `lambda >= 0`, for each sub-pool.
+
+        Same arguments as `sweep` without a grid: the result lists each breakpoint where some
+        cluster's decision changes (at most `n_clusters * (n_models - 1)`), see `curves.exact_curve`.
+        """
+        self._check_pool(pool)
+        labels = self.assign(embeddings)
+        self._check_labels(labels, pool, quality, prompt_costs)
+        masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
+        units = make_units(labels, n_units=self.n_clusters, quality=quality, prompt_costs=prompt_costs,
+                           costs=pool.costs)
+        return exact_curve(pool.psi.T, units, pool.costs, pool_masks=masks)
+
+    @staticmethod
+    def _check_labels(labels, pool, quality, prompt_costs) -> None:
+        for name, arr in (("quality", quality), ("prompt_costs", prompt_costs)):
+            if arr is not None and np.shape(arr) != (labels.shape[0], len(pool)):
+                raise ValueError(f"{name} must have shape ({labels.shape[0]}, {len(pool)}) (prompts, pool models), "
+                                 f"got {np.shape(arr)}")
 
     def _check_pool(self, pool: Pool) -> None:
         if not isinstance(pool, Pool):
