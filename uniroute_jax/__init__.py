@@ -15,10 +15,10 @@ from uniroute_jax._src.curves import (
     exact_curve_kernel,
     route_calibrated,
 )
-from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, ErrorVectors, error_vectors
+from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, ErrorVectors, error_vectors, error_vectors_kernel
 from uniroute_jax._src.fixed_pool import FixedPoolConfig, FixedPoolRouter, random_router_estimates
-from uniroute_jax._src.kmeans import KMeansResult, assign_clusters, kmeans
-from uniroute_jax._src.knn import knn_estimates, knn_estimates_multi
+from uniroute_jax._src.kmeans import KMeansResult, assign_clusters, assign_kernel, kmeans, kmeans_kernel
+from uniroute_jax._src.knn import knn_estimates, knn_estimates_multi, knn_kernel
 from uniroute_jax._src.learned_map import LearnedMapConfig, LearnedMapRouter
 from uniroute_jax._src.metrics import (
     CurveMetrics,
@@ -42,6 +42,8 @@ from uniroute_jax._src.metrics import (
 from uniroute_jax._src.onboarding import ErrorIntervals, ValidationSize, error_intervals, validation_prompts_needed
 from uniroute_jax._src.router import Curves, Pool, Routing, UniRouter
 from uniroute_jax._src.routing import (
+    route_kernel,
+    sweep_kernel,
     RouteResult,
     RoutingUnits,
     SweepResult,
@@ -102,6 +104,7 @@ __all__ = [
     "apply_calibration",
     "area",
     "assign_clusters",
+    "assign_kernel",
     "auc",
     "calibrate",
     "cpt",
@@ -111,12 +114,15 @@ __all__ = [
     "error_intervals",
     "error_probability",
     "error_vectors",
+    "error_vectors_kernel",
     "exact_curve",
     "exact_curve_kernel",
     "interpolate_curve",
     "kmeans",
+    "kmeans_kernel",
     "knn_estimates",
     "knn_estimates_multi",
+    "knn_kernel",
     "lambda_grid",
     "make_units",
     "make_world",
@@ -128,11 +134,13 @@ __all__ = [
     "random_router_estimates",
     "route",
     "route_calibrated",
+    "route_kernel",
     "sample_llms",
     "sample_prompt_space",
     "sample_prompts",
     "sign_test",
     "sweep",
+    "sweep_kernel",
     "synthetic_world",
     "upper_hull_mask",
     "validation_prompts_needed",

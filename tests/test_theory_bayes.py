@@ -1,0 +1,191 @@
+"""Proposition 1: the Bayes router against an exact LP solution and brute force (theory.bayes)."""
+
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import uniroute_jax as ur
+from theory import bayes
+
+PROFILE = settings(deadline=None, derandomize=True, database=None, max_examples=25)
+LAMS = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 47)]).astype(np.float32)
+
+probs = lambda shape: hnp.arrays(np.float64, shape, elements=st.floats(0.0, 1.0, width=32))  # noqa: E731
+costs_st = lambda n: hnp.arrays(  # noqa: E731
+    np.float64, (n,), elements=st.floats(0.015625, 1.0, width=32), unique=True)
+
+
+def _np_scores(scores, costs, mask, lam):
+    """Exact (float64) Lagrangian scores, +inf outside the pool."""
+    return np.where(mask, scores.astype(np.float64) + lam * costs.astype(np.float64), np.inf)
+
+
+# ------------------------------------------------------------------------------ exact LP
+
+
+@PROFILE
+@given(p=probs((4, 3)), c=costs_st(3))
+def test_exact_frontier_matches_brute_force_over_all_81_routers(p, c):
+    fr = bayes.exact_frontier(p, c)
+    rc, re = bayes.deterministic_routers(p, c)
+    budgets = np.linspace(rc.min(), rc.max() + 0.1, 41)
+    np.testing.assert_allclose(bayes.frontier_error(fr, budgets), bayes.best_mixture_error(rc, re, budgets),
+                               atol=1e-12)
+
+
+@PROFILE
+@given(p=probs((4, 3)), c=costs_st(3), lam_i=st.integers(0, len(LAMS) - 1))
+def test_bayes_router_is_never_beaten(p, c, lam_i):
+    lam = LAMS[lam_i]
+    choice = np.asarray(bayes.bayes_choices(jnp.asarray(p, jnp.float32), jnp.asarray(c, jnp.float32),
+                                            jnp.ones(3, bool), jnp.asarray([lam])))[0]
+    rows = np.arange(4)
+    b_cost, b_err = c[choice].mean(), p[rows, choice].mean()
+    rc, re = bayes.deterministic_routers(p, c)
+    # Lagrangian risk: no deterministic router (hence no mixture) does better at this lambda.
+    assert b_err + lam * b_cost <= (re + lam * rc).min() + 1e-6
+    # Constrained problem: no mixture of routers reaches lower error at the Bayes router's cost.
+    assert b_err <= bayes.best_mixture_error(rc, re, [b_cost])[0] + 1e-6
+
+
+def test_check_proposition1_with_dynamic_pools():
+    rng = np.random.default_rng(0)
+    n_pools, n_prompts, n_models = 3, 40, 6
+    p = rng.uniform(size=(n_pools * n_prompts, n_models))
+    c = rng.uniform(0.01, 1.0, size=n_models)
+    pools = rng.uniform(size=(n_pools, n_models)) < 0.6
+    pools[:, 0] = True
+    mask = np.repeat(pools, n_prompts, axis=0)
+    chk = bayes.check_proposition1(p, c, mask, LAMS)
+    assert np.abs(chk.frontier_gap).max() < 1e-6
+    assert np.abs(chk.dual_gap).max() < 1e-6
+    # Sharing one lambda across pools is at least as good as splitting the budget per pool.
+    joint = bayes.exact_frontier(p, c, mask)
+    per_pool = [bayes.exact_frontier(p[i * n_prompts:(i + 1) * n_prompts], c, pools[i]) for i in range(n_pools)]
+    grid = np.linspace(max(f.cost[0] for f in per_pool), max(f.cost[-1] for f in per_pool), 30)
+    split = np.mean([bayes.frontier_error(f, grid) for f in per_pool], axis=0)
+    assert np.all(bayes.frontier_error(joint, grid) <= split + 1e-12)
+
+
+def test_frontier_edges_and_errors():
+    p = np.array([[0.5, 0.1], [0.4, 0.3]])
+    fr = bayes.exact_frontier(p, np.array([0.1, 1.0]))
+    assert bayes.frontier_error(fr, 0.05) == np.inf
+    assert bayes.frontier_error(fr, 0.1) == pytest.approx(0.45)
+    assert bayes.frontier_error(fr, 5.0) == pytest.approx(0.2)
+    np.testing.assert_allclose(bayes.frontier_dual(fr, np.array([0.0])), [0.2])
+    with pytest.raises(ValueError, match="at least one allowed model"):
+        bayes.exact_frontier(p, np.array([0.1, 1.0]), np.array([[True, False], [False, False]]))
+    with pytest.raises(ValueError, match="too many"):
+        bayes.deterministic_routers(np.zeros((20, 3)), np.ones(3))
+
+
+def test_lower_hull_keeps_only_efficient_vertices():
+    fr = bayes.lower_hull([0.0, 0.5, 1.0, 0.6, 0.3], [1.0, 0.9, 0.0, 0.5, 0.8])
+    np.testing.assert_allclose(fr.cost, [0.0, 1.0])
+    np.testing.assert_allclose(fr.error, [1.0, 0.0])
+
+
+# ------------------------------------------------------------------------------ routing kernel
+
+
+@PROFILE
+@given(scores=probs((6, 4)), c=costs_st(4), mask=hnp.arrays(bool, (4,)), lam_i=st.integers(0, len(LAMS) - 1))
+def test_lagrangian_choice_matches_numpy_twin(scores, c, mask, lam_i):
+    lam = float(LAMS[lam_i])
+    got = np.asarray(_choice_jit(jnp.asarray(scores, jnp.float32), jnp.asarray(c, jnp.float32), jnp.asarray(mask),
+                                 jnp.asarray(lam, jnp.float32)))
+    exact = _np_scores(scores, c, mask, lam)
+    if not mask.any():
+        assert np.all(got == -1)
+        return
+    best = exact.min(axis=1)
+    # float32 picks a model within rounding of the exact minimum ...
+    assert np.all(exact[np.arange(len(got)), got] <= best + 1e-5 * (1 + lam))
+    # ... and the exact argmin wherever that is clear of the runner-up.
+    second = np.sort(exact, axis=1)[:, 1] if mask.sum() > 1 else np.full(len(got), np.inf)
+    clear = second - best > 1e-4 * (1 + lam)
+    np.testing.assert_array_equal(got[clear], exact.argmin(axis=1)[clear])
+
+
+_choice_jit = jax.jit(bayes.lagrangian_choice)
+
+
+def test_lagrangian_choice_agrees_with_library_route_and_breaks_ties_to_cheaper():
+    rng = np.random.default_rng(1)
+    psi = rng.uniform(size=(5, 3)).astype(np.float32)  # [max_models, n_clusters]
+    c = np.array([0.5, 0.1, 0.9, 0.3, 0.7], np.float32)
+    mask = np.array([True, True, False, True, True])
+    for lam in (0.0, 0.3, 2.0):
+        lib = np.asarray(ur.route(np.eye(3, dtype=np.float32), psi, c, lam, model_mask=mask).choice)
+        ours = np.asarray(bayes.lagrangian_choice(jnp.asarray(psi.T), jnp.asarray(c), jnp.asarray(mask), lam))
+        np.testing.assert_array_equal(ours, lib)
+    tied = jnp.zeros((1, 5))
+    assert int(bayes.lagrangian_choice(tied, jnp.asarray(c), jnp.asarray(mask), 0.0)[0]) == 1
+    assert int(bayes.lagrangian_choice(tied, jnp.asarray(c), jnp.zeros(5, bool), 0.0)[0]) == -1
+
+
+def test_bayes_choices_jit_vmap_and_no_retrace():
+    rng = np.random.default_rng(2)
+    p = jnp.asarray(rng.uniform(size=(7, 4)), jnp.float32)
+    c = jnp.asarray(rng.uniform(0.1, 1, size=4), jnp.float32)
+    m = jnp.array([True, True, False, True])
+    lams = jnp.asarray(LAMS[:5])
+    looped = np.stack([np.asarray(bayes.bayes_choice(p, c, m, lam)) for lam in lams])
+    np.testing.assert_array_equal(np.asarray(bayes.bayes_choices(p, c, m, lams)), looped)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(p, c, m, lam):
+        return bayes.lagrangian_choice(p, c, m, lam)
+
+    np.testing.assert_array_equal(np.asarray(f(p, c, m, lams[2])), looped[2])
+    f(p + 0.1, c, m, lams[3])
+
+
+@PROFILE
+@given(scores=probs((8, 5)), c=costs_st(5), mask=hnp.arrays(bool, (5,)))
+def test_mean_cost_is_non_increasing_in_lambda(scores, c, mask):
+    mask = mask.copy()
+    mask[0] = True
+    choices = np.asarray(bayes.bayes_choices(jnp.asarray(scores, jnp.float32), jnp.asarray(c, jnp.float32),
+                                             jnp.asarray(mask), jnp.asarray(LAMS)))
+    per_unit = c[choices]  # [n_lams, n_units]: monotone per unit, hence on average
+    assert np.all(np.diff(per_unit, axis=0) <= 1e-12)
+
+
+@PROFILE
+@given(p=probs((6, 5)), c=costs_st(5), perm_i=st.integers(0, 119), lam_i=st.integers(0, len(LAMS) - 1))
+def test_bayes_router_is_permutation_equivariant(p, c, perm_i, lam_i):
+    perm = np.array(list(itertools.permutations(range(5)))[perm_i])
+    lam = LAMS[lam_i]
+    mask = np.array([True, True, True, False, True])
+    base = np.asarray(_choice_jit(jnp.asarray(p, jnp.float32), jnp.asarray(c, jnp.float32), jnp.asarray(mask),
+                                  jnp.asarray(lam)))
+    permuted = np.asarray(_choice_jit(jnp.asarray(p[:, perm], jnp.float32), jnp.asarray(c[perm], jnp.float32),
+                                      jnp.asarray(mask[perm]), jnp.asarray(lam)))
+    # Costs are distinct, so the (score, cost) tie rule names the same model in any order.
+    np.testing.assert_array_equal(perm[permuted], base)
+
+
+@PROFILE
+@given(p=probs((6, 4)), c=costs_st(4), extra=probs((6,)), gap=st.floats(1e-3, 1.0), d=st.integers(0, 3),
+       lam_i=st.integers(0, len(LAMS) - 1))
+def test_dominated_llm_never_changes_a_decision(p, c, extra, gap, d, lam_i):
+    # The new model (put first, where index tie-breaking would favour it) errs at least as often as
+    # model d on every prompt and costs more.
+    lam = LAMS[lam_i]
+    p_new = np.minimum(p[:, d] + extra * (1.0 - p[:, d]), 1.0)
+    p5 = np.concatenate([p_new[:, None], p], axis=1)
+    c5 = np.concatenate([[c[d] + gap], c])
+    m4, m5 = jnp.ones(4, bool), jnp.ones(5, bool)
+    before = np.asarray(_choice_jit(jnp.asarray(p, jnp.float32), jnp.asarray(c, jnp.float32), m4, jnp.asarray(lam)))
+    after = np.asarray(_choice_jit(jnp.asarray(p5, jnp.float32), jnp.asarray(c5, jnp.float32), m5, jnp.asarray(lam)))
+    np.testing.assert_array_equal(after, before + 1)
