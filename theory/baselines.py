@@ -1,7 +1,7 @@
 """Routers compared with the Bayes frontier: K-NN and the prompt-agnostic hull (ZeroRouter).
 
 UniRoute's cluster router is `theory.bounds.cluster_decisions`; the Bayes router is
-`theory.bayes.bayes_choice`. Both baselines here follow `docs/method.md` section 4.
+`theory.bayes.bayes_choice`. Both baselines here follow the paper's evaluation section.
 """
 
 from __future__ import annotations
