@@ -232,6 +232,15 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_theory(args) -> int:
+    try:
+        from theory.plots import main as theory_main
+    except ImportError:
+        raise CLIError("the theory package is not importable: install uniroute-jax from its source tree") from None
+    theory_main(["--out", args.out, "--seed", str(args.seed)] + (["--quick"] if args.quick else []))
+    return 0
+
+
 def _embed_dataset(ds, args):
     """Embeds the dataset's texts with the local MiniLM model (cached on disk)."""
     if ds.texts is None:
@@ -308,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
     e.add_argument("--out", "-o", default="uniroute_eval", help="output folder (default ./uniroute_eval)")
     e.set_defaults(func=_cmd_evaluate)
+
+    t = sub.add_parser("theory", help="check Propositions 1 and 2 on synthetic meta-distributions; write plots")
+    t.add_argument("--out", "-o", default="uniroute_theory", help="output folder (default ./uniroute_theory)")
+    t.add_argument("--quick", action="store_true", help="a small run (about a minute)")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_theory)
     return p
 
 
