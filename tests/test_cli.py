@@ -103,3 +103,34 @@ def test_demo_runs_and_beats_zero_router(tmp_path):
     assert np.all(res.area["Oracle"] >= res.area["UniRoute (K-Means)"] - 1e-6)
     assert res.area["UniRoute (K-Means)"].mean() > res.area["ZeroRouter"].mean()
     assert "| UniRoute (K-Means) |" in res.table
+
+
+def test_text_in_model_out_round_trip(tmp_path, capsys):
+    """fit and add-model on embedded texts, then `route --texts`: names come back per prompt."""
+    from uniroute_jax._src.embedding import resolve_model_dir
+
+    try:
+        resolve_model_dir(download=False)
+    except FileNotFoundError as err:
+        pytest.skip(f"no local all-MiniLM-L6-v2 folder: {str(err).splitlines()[0]}")
+    embedder = ur.TextEmbedder(cache_dir=tmp_path / "cache", progress=False)
+    maths = [f"What is {a} plus {b}?" for a, b in zip(range(8), range(3, 11))]
+    poems = [f"Write a short poem about the {w}." for w in ("sea", "moon", "sun", "rain", "wind", "snow", "fire", "sky")]
+    x = embedder(maths + poems)
+    np.save(tmp_path / "train.npy", x)
+    np.save(tmp_path / "val.npy", x)
+    good_at_maths = np.array([1.0] * 8 + [0.0] * 8)
+    np.save(tmp_path / "maths.npy", good_at_maths)
+    np.save(tmp_path / "poet.npy", 1 - good_at_maths)
+    d = tmp_path
+    assert run(capsys, "fit", d / "train.npy", "-k", 2, "-o", d / "r.npz", "--n-init", 5)[0] == 0
+    for name, f in (("calculator", "maths.npy"), ("poet", "poet.npy")):
+        assert run(capsys, "add-model", "-r", d / "r.npz", "-p", d / "p.npz", "--val-embeddings", d / "val.npy",
+                   "--correctness", d / f, "--name", name, "--cost", 1)[0] == 0
+    (d / "q.jsonl").write_text('{"text": "What is 12 plus 30?"}\n{"prompt": "Write a short poem about the stars."}\n')
+    code, out, err = run(capsys, "route", "-r", d / "r.npz", "-p", d / "p.npz", "--texts", d / "q.jsonl", "--lam", 0)
+    assert code == 0, err
+    assert [r["model"] for r in csv.DictReader(out.splitlines())] == ["calculator", "poet"]
+    # The same through the Python one-liner of the README.
+    router, pool = ur.UniRouter.load(d / "r.npz"), ur.Pool.load(d / "p.npz")
+    assert router.route(ur.embed_texts(["What is 7 plus 1?"], embedder), pool, lam=0.0).model[0] == "calculator"

@@ -154,9 +154,55 @@ def _cmd_add_model(args) -> int:
     return 0
 
 
+def read_texts(path: str) -> list[str]:
+    """Prompt texts from `.jsonl` (a "text" or "prompt" field per line), `.csv` (a "text" or
+    "prompt" column) or `.txt` (one prompt per line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"texts: no such file {path}")
+    if p.suffix == ".jsonl":
+        out = []
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CLIError(f"texts: {path} line {i} is not JSON: {err}") from None
+            text = obj.get("text", obj.get("prompt")) if isinstance(obj, dict) else obj
+            if not isinstance(text, str):
+                raise CLIError(f"texts: {path} line {i} has no string field 'text' or 'prompt'")
+            out.append(text)
+        return out
+    if p.suffix == ".csv":
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            field = next((c for c in ("text", "prompt") if c in (reader.fieldnames or [])), None)
+            if field is None:
+                raise CLIError(f"texts: {path} has no 'text' or 'prompt' column (columns: {reader.fieldnames})")
+            return [row[field] for row in reader]
+    if p.suffix == ".txt":
+        return [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    raise CLIError(f"texts: unsupported file type {p.suffix!r} for {path} (use .jsonl, .csv or .txt)")
+
+
+def _embed_texts(texts: list[str], args) -> np.ndarray:
+    if not texts:
+        raise CLIError("texts: the file holds no prompt")
+    from uniroute_jax._src.embedding import TextEmbedder
+
+    kw = {"truncation": args.truncation} if getattr(args, "truncation", None) else {}
+    return TextEmbedder(getattr(args, "model_dir", None), **kw)(texts)
+
+
 def _cmd_route(args) -> int:
     router, pool = _load_router_pool(args)
-    x = read_matrix(args.embeddings, "embeddings", key="embeddings")
+    if (args.embeddings is None) == (args.texts is None):
+        raise CLIError("give exactly one of --embeddings and --texts")
+    if args.texts:
+        x = _embed_texts(read_texts(args.texts), args)
+    else:
+        x = read_matrix(args.embeddings, "embeddings", key="embeddings")
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     decision = router.route(x, pool, args.lam, models=models)
     rows = [[i, str(m), int(c)] for i, (m, c) in enumerate(zip(decision.model, decision.cluster))]
@@ -245,11 +291,7 @@ def _embed_dataset(ds, args):
     """Embeds the dataset's texts with the local MiniLM model (cached on disk)."""
     if ds.texts is None:
         raise CLIError(f"dataset {ds.name!r} has neither embeddings nor texts to embed")
-    from uniroute_jax._src.embedding import TextEmbedder
-
-    embedder = TextEmbedder(args.model_dir, truncation=args.truncation) if args.truncation else TextEmbedder(
-        args.model_dir)
-    return ds.with_embeddings(embedder(list(ds.texts)))
+    return ds.with_embeddings(_embed_texts(list(ds.texts), args))
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -287,7 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("route", help="choose a model for each prompt at a trade-off --lam")
     r.add_argument("--router", "-r", required=True)
     r.add_argument("--pool", "-p", required=True)
-    r.add_argument("--embeddings", "-e", required=True, help="[n_prompts, dim] prompt embeddings")
+    r.add_argument("--embeddings", "-e", help="[n_prompts, dim] prompt embeddings")
+    r.add_argument("--texts", "-t", help="prompt texts (.jsonl/.csv/.txt), embedded with all-MiniLM-L6-v2")
+    r.add_argument("--model-dir", help="embedding model folder for --texts (default: installed package)")
+    r.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
     r.add_argument("--lam", type=float, required=True, help="trade-off >= 0 (0 = most accurate)")
     r.add_argument("--models", help="comma-separated subset of the pool to route among")
     r.add_argument("--out", "-o", help="output .csv or .jsonl (default: CSV on stdout)")
