@@ -28,6 +28,10 @@ SIZES = {
         kmeans=dict(n=5000, dim=384, k=50, n_init=1, repeats=3),
         sweep=dict(n_pools=64, n_budgets=256, n_prompts=20000, n_clusters=50, max_models=16, loop_pairs=None, repeats=3),
         routing=dict(batch=4096, dim=384, k=100, n_models=64, latency_calls=500, repeats=10),
+        exact=dict(n_pools=64, n_clusters=50, max_models=16, grid_points=1000, repeats=3),
+        protocol=dict(n_trials=20, n_prompts=2000, n_models=15, methods=("UniRoute (K-Means)", "ZeroRouter",
+                                                                          "K-NN", "Oracle"), repeats=1),
+        embedding=dict(n=128, repeats=1),
     ),
     "full": dict(
         kmeans=dict(n=20000, dim=384, k=100, n_init=1, repeats=3),
@@ -36,6 +40,10 @@ SIZES = {
         sweep=dict(n_pools=400, n_budgets=1000, n_prompts=10000, n_clusters=100, max_models=64, loop_pairs=2000,
                    repeats=3),
         routing=dict(batch=4096, dim=384, k=100, n_models=64, latency_calls=2000, repeats=20),
+        exact=dict(n_pools=400, n_clusters=100, max_models=64, grid_points=1000, repeats=3),
+        protocol=dict(n_trials=100, n_prompts=3000, n_models=24, methods=("UniRoute (K-Means)", "ZeroRouter",
+                                                                           "K-NN", "Oracle"), repeats=1),
+        embedding=dict(n=512, repeats=2),
     ),
 }
 
@@ -231,7 +239,74 @@ def bench_routing(batch: int, dim: int, k: int, n_models: int, latency_calls: in
     }
 
 
-CASES = {"kmeans": bench_kmeans, "sweep": bench_sweep, "routing": bench_routing}
+# ----------------------------------------------------------------------------- exact curve
+
+
+def bench_exact(n_pools, n_clusters, max_models, grid_points, repeats) -> dict:
+    """The exact-breakpoint curve versus a `grid_points` grid sweep on the same problem."""
+    psi, costs, labels, quality, masks, _ = sweep_problem(n_pools, 2, 5000, n_clusters, max_models)
+    units = ur.make_units(labels, n_units=n_clusters, quality=quality, costs=costs)
+    lams = ur.lambda_grid(costs, grid_points)
+    t_exact = timed(lambda: ur.exact_curve(psi.T, units, costs, pool_masks=masks).mean_cost, repeats)
+    t_grid = timed(lambda: ur.sweep(psi.T, units, costs, lams, pool_masks=masks).mean_cost, repeats)
+    exact = ur.exact_curve(psi.T, units, costs, pool_masks=masks)
+    grid = ur.sweep(psi.T, units, costs, lams, pool_masks=masks)
+    # Every grid point must be one of the exact curve's points (the exact curve evaluated there).
+    at = ur.curve_at(exact, lams)
+    n_valid = np.asarray(exact.valid).sum(1)
+    return {
+        "case": f"exact curve vs {grid_points}-point grid, {n_pools} pools x {n_clusters} clusters x "
+                f"{max_models} models",
+        "ours": t_exact, "baseline": t_grid, "baseline_name": f"routing.sweep on {grid_points} lambdas",
+        "speedup": t_grid["median_s"] / t_exact["median_s"],
+        "breakpoints_per_pool_median": float(np.median(n_valid)),
+        "max_abs_diff_grid_vs_exact_at_grid": float(np.abs(np.asarray(at.mean_cost) - np.asarray(grid.mean_cost)).max()),
+    }
+
+
+# -------------------------------------------------------------------------------- protocol
+
+
+def bench_protocol(n_trials, n_prompts, n_models, methods, repeats) -> dict:
+    """The trial protocol batched over trials (vmap) versus a Python loop over the same kernels."""
+    import dataclasses
+
+    ds = ur.synthetic_dataset(0, n_prompts=n_prompts, n_models=n_models)
+    cfg = ur.ProtocolConfig(n_trials=n_trials, seed=0)
+    run = lambda c: ur.evaluate(ds, methods, config=c, progress=False).metrics[methods[0]].area
+    t_batched = timed(lambda: run(cfg), repeats)
+    looped_cfg = dataclasses.replace(cfg, trial_batch=1)
+    t_loop = timed(lambda: run(looped_cfg), repeats)
+    same = bool(np.allclose(run(cfg), run(looped_cfg), atol=1e-5))
+    return {
+        "case": f"protocol, {n_trials} trials, {n_prompts} prompts x {n_models} LLMs (synthetic), methods {list(methods)}",
+        "ours": t_batched, "baseline": t_loop, "baseline_name": "Python loop over trials (trial_batch=1), same kernels",
+        "speedup": t_loop["median_s"] / t_batched["median_s"], "same_numbers": same,
+    }
+
+
+# ------------------------------------------------------------------------------- embedding
+
+
+def bench_embedding(n: int, repeats: int) -> dict:
+    try:
+        from uniroute_jax import TextEmbedder
+        embedder = TextEmbedder(cache=False, progress=False)
+    except (ImportError, FileNotFoundError) as err:
+        return {"case": "embedding", "skipped": str(err).splitlines()[0]}
+    rng = np.random.default_rng(0)
+    words = "route model prompt cost answer question cluster budget accuracy token query router".split()
+    out = {"case": f"embedding {n} prompts with all-MiniLM-L6-v2 (JAX), cache off"}
+    for n_words in (24, 100, 220):
+        texts = [" ".join(rng.choice(words, n_words)) for _ in range(n)]
+        t = timed(lambda: embedder(texts), repeats)
+        out[f"prompts_per_s_{n_words}_words"] = n / t["median_s"]
+        out[f"first_call_s_{n_words}_words"] = t["first_call_s"]
+    return out
+
+
+CASES = {"kmeans": bench_kmeans, "sweep": bench_sweep, "routing": bench_routing, "exact": bench_exact,
+         "protocol": bench_protocol, "embedding": bench_embedding}
 
 
 def main(argv=None) -> int:
