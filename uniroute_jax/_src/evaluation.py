@@ -336,6 +336,8 @@ def evaluate(
     alpha = jnp.asarray(config.alpha, jnp.float32)
     T = config.n_trials
     batch = config.trial_batch or max(1, min(T, (256 << 20) // max(1, 4 * n_tr * emb.shape[1])))
+    # Even chunks: every chunk but possibly the last has one size, so one compile serves them.
+    batch = -(-T // -(-T // batch))
     # Trials are split over every device; a chunk that is a multiple of the device count splits evenly.
     mesh = trial_mesh()
     batch = -(-batch // mesh.size) * mesh.size
