@@ -119,11 +119,7 @@ def _plot(curves, order, masks, model_cost, model_quality, path: Path) -> Path:
     axes[0].set_ylabel("test accuracy")
     axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle("Deferral curves on pools of LLMs unseen in training (synthetic world)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plots.save_figure(fig, path)
 
 
 def main(seed: int, out_dir: str) -> int:

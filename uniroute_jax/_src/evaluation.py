@@ -502,12 +502,7 @@ def plot_mean_curves(res: EvaluationResult, path: str | Path, title: str | None 
     ax.set_title(title or f"{res.dataset}: mean deferral curves over {len(res.chosen_k)} trials (± 1 std)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plots.save_figure(fig, path)
 
 
 def synthetic_dataset(seed: int = 0, *, n_prompts: int = 3000, n_models: int = 24) -> RoutingDataset:

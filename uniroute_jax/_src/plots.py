@@ -20,6 +20,16 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lays out, writes (creating the folder) and closes `fig`; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
 def draw_curves(ax, curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, cost_norm: float = 1.0,
                 points: tuple[np.ndarray, np.ndarray] | None = None, point_names: Sequence[str] | None = None) -> None:
     """Draws each `name -> (mean_cost [n], mean_quality [n])` curve, sorted by cost, on `ax`."""
@@ -48,9 +58,4 @@ def plot_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str |
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
