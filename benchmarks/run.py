@@ -161,7 +161,10 @@ def bench_sweep(n_pools, n_budgets, n_prompts, n_clusters, max_models, loop_pair
         return ur.sweep(psi.T, units, costs, lams, pool_masks=masks).mean_cost
 
     t_ours = timed(ours, repeats)
+    t_bp = timed(lambda: ur.sweep(psi.T, units, costs, lams, pool_masks=masks, method="breakpoints").mean_cost,
+                 repeats)
     res = ur.sweep(psi.T, units, costs, lams, pool_masks=masks)
+    res_bp = ur.sweep(psi.T, units, costs, lams, pool_masks=masks, method="breakpoints")
     # The per-cluster units are summed on the host once per test set: time it as part of ours.
     t_units = timed(lambda: ur.make_units(labels, n_units=n_clusters, quality=quality, costs=costs).weight, 1)
 
@@ -177,14 +180,19 @@ def bench_sweep(n_pools, n_budgets, n_prompts, n_clusters, max_models, loop_pair
     max_diff_loop = float(np.abs(np.asarray(res.mean_cost)[p_idx, b_idx] - loop[p_idx, b_idx, 0]).max())
     max_diff_vec = float(np.abs(np.asarray(res.mean_quality) - vec[..., 1]).max())
     ours_total = t_ours["median_s"] + t_units["median_s"]
+    bp_total = t_bp["median_s"] + t_units["median_s"]
+    max_diff_bp_loop = float(np.abs(np.asarray(res_bp.mean_cost)[p_idx, b_idx] - loop[p_idx, b_idx, 0]).max())
     return {
         "case": f"sweep {n_pools} pools x {n_budgets} budgets x {n_prompts} prompts, K={n_clusters}, "
                 f"max_models={max_models}",
-        "ours": t_ours, "make_units_s": t_units["median_s"],
+        "ours": t_ours, "ours_breakpoints": t_bp, "make_units_s": t_units["median_s"],
         "numpy_loop_s": t_loop, "numpy_loop_pairs_timed": pairs,
         "numpy_vectorised_s": t_vec["median_s"],
         "speedup_vs_loop": t_loop / ours_total,
         "speedup_vs_vectorised": t_vec["median_s"] / ours_total,
+        "breakpoints_speedup_vs_loop": t_loop / bp_total,
+        "breakpoints_speedup_vs_vectorised": t_vec["median_s"] / bp_total,
+        "max_abs_diff_breakpoints_vs_loop_cost": max_diff_bp_loop,
         "max_abs_diff_vs_loop_cost": max_diff_loop, "max_abs_diff_vs_vectorised_quality": max_diff_vec,
     }
 

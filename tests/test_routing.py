@@ -189,3 +189,15 @@ def test_lambda_grid_spans_all_decisions():
 def test_bad_input_raises(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@given(labels_st, psi_st, costs_st, hnp.arrays(bool, (2, M)).filter(lambda m: m.any(axis=1).all()),
+       hnp.arrays(np.float32, (N, M), elements=st.sampled_from([0.0, 1.0])))
+def test_breakpoint_sweep_equals_direct_sweep(labels, psi, costs, masks, quality):
+    units = ur.make_units(labels, n_units=K, quality=quality, costs=costs)
+    # Budgets strictly between breakpoints: mid-points of a fine grid away from ties.
+    lams = np.array([0.0, 0.013, 0.117, 0.71, 2.9, 47.0], np.float32)
+    direct = ur.sweep(psi.T, units, costs, lams, pool_masks=masks)
+    fast = ur.sweep(psi.T, units, costs, lams, pool_masks=masks, method="breakpoints")
+    np.testing.assert_allclose(np.asarray(fast.mean_cost), np.asarray(direct.mean_cost), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(fast.mean_quality), np.asarray(direct.mean_quality), atol=1e-5)

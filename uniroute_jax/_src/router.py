@@ -368,7 +368,8 @@ class UniRouter:
         masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
         units = make_units(labels, n_units=self.n_clusters, quality=quality, prompt_costs=prompt_costs,
                            costs=pool.costs)
-        result = sweep(pool.psi.T, units, pool.costs, lams, pool_masks=masks)
+        # Read every budget off the exact curve: one pass per pool whatever the number of budgets.
+        result = sweep(pool.psi.T, units, pool.costs, lams, pool_masks=masks, method="breakpoints")
         return _to_curves(lams, result, masks, quality is not None)
 
     def exact_curve(
