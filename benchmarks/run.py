@@ -281,11 +281,15 @@ def bench_protocol(n_trials, n_prompts, n_models, methods, repeats) -> dict:
 
     ds = ur.synthetic_dataset(0, n_prompts=n_prompts, n_models=n_models)
     cfg = ur.ProtocolConfig(n_trials=n_trials, seed=0)
-    run = lambda c: ur.evaluate(ds, methods, config=c, progress=False).metrics[methods[0]].area
-    t_batched = timed(lambda: run(cfg), repeats)
-    looped_cfg = dataclasses.replace(cfg, trial_batch=1)
-    t_loop = timed(lambda: run(looped_cfg), repeats)
-    same = bool(np.allclose(run(cfg), run(looped_cfg), atol=1e-5))
+    areas = {}
+
+    def run(c, name):
+        areas[name] = ur.evaluate(ds, methods, config=c, progress=False).metrics[methods[0]].area
+        return areas[name]
+
+    t_batched = timed(lambda: run(cfg, "batched"), repeats)
+    t_loop = timed(lambda: run(dataclasses.replace(cfg, trial_batch=1), "looped"), repeats)
+    same = bool(np.allclose(areas["batched"], areas["looped"], atol=1e-5))
     return {
         "case": f"protocol, {n_trials} trials, {n_prompts} prompts x {n_models} LLMs (synthetic), methods {list(methods)}",
         "ours": t_batched, "baseline": t_loop, "baseline_name": "Python loop over trials (trial_batch=1), same kernels",
