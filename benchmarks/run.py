@@ -228,8 +228,15 @@ def bench_routing(batch: int, dim: int, k: int, n_models: int, latency_calls: in
     lat = []
     for i in range(latency_calls):
         t0 = time.perf_counter()
-        int(kernel(x_one[i:i + 1])[0])
+        int(np.asarray(kernel(x_one[i:i + 1]))[0])
         lat.append(time.perf_counter() - t0)
+    serving = router.routing_table(pool, 0.3)
+    assert np.array_equal(serving.rows(x_one[:64]), np.asarray(kernel(jnp.asarray(x_one[:64]))))
+    lat_table = []
+    for i in range(latency_calls):
+        t0 = time.perf_counter()
+        int(serving.rows(x_one[i:i + 1])[0])
+        lat_table.append(time.perf_counter() - t0)
     lat_api = []
     for i in range(min(latency_calls, 200)):
         t0 = time.perf_counter()
@@ -244,6 +251,8 @@ def bench_routing(batch: int, dim: int, k: int, n_models: int, latency_calls: in
         "latency_batch1_p50_us": 1e6 * float(np.percentile(lat, 50)),
         "latency_batch1_p99_us": 1e6 * float(np.percentile(lat, 99)),
         "latency_router_route_batch1_p50_us": 1e6 * float(np.percentile(lat_api, 50)),
+        "latency_routing_table_batch1_p50_us": 1e6 * float(np.percentile(lat_table, 50)),
+        "latency_routing_table_batch1_p99_us": 1e6 * float(np.percentile(lat_table, 99)),
     }
 
 

@@ -132,3 +132,16 @@ def test_exact_curve_holds_every_grid_point(world, fitted):
                   np.round(np.asarray(exact.mean_quality[0])[np.asarray(exact.valid[0])], 5)))
     for c, q in zip(np.round(grid.mean_cost[0], 5), np.round(grid.mean_quality[0], 5)):
         assert (c, q) in pts
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_routing_table_numpy_and_jax_paths_agree_with_route(world, metric):
+    router = UniRouter.fit(world["train"], 6, seed=1, metric=metric)
+    pool = router.represent(world["val"], world["q_val"], [f"m{i}" for i in range(N_MODELS)], world["costs"])
+    expected = router.route(world["test"], pool, 0.3).model
+    host = router.routing_table(pool, 0.3, jax_from=10**9)
+    device = router.routing_table(pool, 0.3, jax_from=1)
+    np.testing.assert_array_equal(host(world["test"]), expected)
+    np.testing.assert_array_equal(device(world["test"]), expected)
+    with pytest.raises(ValueError, match="embeddings must have shape"):
+        host(world["test"][:, :2])

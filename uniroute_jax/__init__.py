@@ -53,7 +53,7 @@ from uniroute_jax._src.metrics import (
     upper_hull_mask,
 )
 from uniroute_jax._src.onboarding import ErrorIntervals, ValidationSize, error_intervals, validation_prompts_needed
-from uniroute_jax._src.router import Curves, Pool, Routing, UniRouter
+from uniroute_jax._src.router import Curves, Pool, Routing, RoutingTable, UniRouter, route_embeddings_kernel
 from uniroute_jax._src.routing import (
     route_kernel,
     sweep_kernel,
@@ -115,6 +115,7 @@ __all__ = [
     "RouteResult",
     "Routing",
     "RoutingDataset",
+    "RoutingTable",
     "RoutingUnits",
     "SignTestResult",
     "SweepResult",
@@ -170,6 +171,7 @@ __all__ = [
     "resolve_model_dir",
     "route",
     "route_calibrated",
+    "route_embeddings_kernel",
     "route_kernel",
     "sample_llms",
     "sample_prompt_space",

@@ -180,6 +180,45 @@ def route_embeddings_kernel(x: jax.Array, centroids: jax.Array, table: jax.Array
     return table[labels], labels
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class RoutingTable:
+    """A router frozen at one pool and one `lambda`, for serving: nearest centroid, then a lookup.
+
+    Small batches run in NumPy on the host (a batch of one takes microseconds, where a JAX
+    dispatch and host-device copy cost about 50-100 us on a CPU); batches of `jax_from` rows or
+    more run the jitted `route_embeddings_kernel`. Both give the same decisions.
+
+    Attributes:
+      centroids: [n_clusters, dim]; table: [n_clusters] model row per cluster; names: pool names.
+      metric: "cosine" or "euclidean"; jax_from: the batch size from which JAX is used.
+    """
+
+    centroids: np.ndarray
+    table: np.ndarray
+    names: tuple[str, ...]
+    metric: str
+    jax_from: int = 256
+
+    def rows(self, embeddings: ArrayLike) -> np.ndarray:
+        """Model row of each prompt, `[n_prompts]` int32, from `[n_prompts, dim]` embeddings."""
+        x = np.asarray(embeddings, np.float32)
+        if x.ndim != 2 or x.shape[1] != self.centroids.shape[1]:
+            raise ValueError(f"embeddings must have shape (n_prompts, {self.centroids.shape[1]}), got {x.shape}")
+        if x.shape[0] >= self.jax_from:
+            return np.asarray(route_embeddings_kernel(jnp.asarray(x), jnp.asarray(self.centroids),
+                                                      jnp.asarray(self.table), metric=self.metric)[0])
+        scores = x @ self.centroids.T
+        if self.metric == "euclidean":
+            labels = np.argmin(np.sum(self.centroids**2, axis=1)[None, :] - 2.0 * scores, axis=1)
+        else:
+            labels = np.argmax(scores, axis=1)
+        return self.table[labels]
+
+    def __call__(self, embeddings: ArrayLike) -> np.ndarray:
+        """Chosen model name of each prompt, `[n_prompts]` str."""
+        return np.asarray(self.names)[self.rows(embeddings)]
+
+
 class Routing(NamedTuple):
     """Decisions for a batch of prompts."""
 
@@ -333,6 +372,13 @@ class UniRouter:
         per_cluster = route_kernel(jnp.eye(self.n_clusters, dtype=jnp.float32), jnp.asarray(pool.psi),
                                    jnp.asarray(pool.costs), jnp.asarray(mask), jnp.asarray(lam, jnp.float32))
         return np.asarray(per_cluster.choice)
+
+    def routing_table(self, pool: Pool, lam: float, *, models: Sequence[str] | None = None,
+                      jax_from: int = 256) -> RoutingTable:
+        """The router frozen at `pool` and `lam` for serving (see `RoutingTable`)."""
+        table = self.decision_table(pool, lam, models=models)
+        return RoutingTable(self.centroids.copy(), table, pool.names, self.metric,
+                            validation.positive_int(jax_from, "jax_from"))
 
     def sweep(
         self,
