@@ -63,7 +63,7 @@ def run(name: str, trials: int, out: Path, embedder: TextEmbedder, k_grid: tuple
     ]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     (out / f"{name}.csv").write_text(res.table("csv"))
-    res.plot(out / f"{name}.png", title=f"{name}: mean deferral curves over {trials} trials (unseen LLMs, ± 1 std)")
+    res.plot(out / f"{name}.png", title=f"{name}: mean deferral curves over {trials} trials\n(unseen LLMs, ± 1 std over trials)")
     print("\n".join(lines), flush=True)
     return {m: float(np.mean(res.metrics[m].area)) for m in res.methods}
 

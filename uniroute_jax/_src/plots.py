@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 COLOURS = {"ZeroRouter": "tab:gray", "UniRoute (K-Means)": "tab:blue", "UniRoute": "tab:blue",
-           "UniRoute (LearnedMap)": "tab:purple", "K-NN": "tab:orange", "Oracle": "tab:green"}
+           "UniRoute (LearnedMap)": "tab:purple", "K-NN": "tab:orange", "MLP (clairvoyant)": "tab:red",
+           "MLP (retrained)": "tab:brown", "Oracle": "tab:green"}
 
 
 def _pyplot():
