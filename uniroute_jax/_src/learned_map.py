@@ -47,7 +47,8 @@ from jax.typing import ArrayLike
 from uniroute_jax._src import persistence, validation
 from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, error_vectors, error_vectors_kernel
 from uniroute_jax._src.kmeans import METRICS
-from uniroute_jax._src.router import Curves, Pool, Routing, UniRouter, _to_curves
+from uniroute_jax._src.router import (Curves, Pool, Routing, UniRouter, _to_curves, check_pool,
+                                      check_prompt_tables)
 from uniroute_jax._src.routing import lambda_grid, make_units, route_kernel, sweep
 
 PSI_SOURCES = ("hard", "soft")
@@ -725,12 +726,7 @@ class LearnedMapRouter:
         return Pool(names, costs, np.asarray(ev.psi), np.asarray(ev.counts), np.asarray(ev.error_sums))
 
     def _check_pool(self, pool: Pool) -> None:
-        if not isinstance(pool, Pool):
-            raise TypeError(f"pool must be a Pool, got {type(pool).__name__}")
-        if len(pool) == 0:
-            raise ValueError("pool is empty: represent at least one LLM first")
-        if pool.n_clusters != self.n_clusters:
-            raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {self.n_clusters}")
+        check_pool(pool, self.n_clusters)
 
     def estimates(self, embeddings: ArrayLike, pool: Pool) -> np.ndarray:
         """Estimated error `Phi(x) . Psi(h)`: `[n_prompts, n_models]`, for `routing.sweep` per prompt."""
@@ -803,10 +799,7 @@ class LearnedMapRouter:
         self._check_pool(pool)
         est = self.estimates(embeddings, pool)
         n = est.shape[0]
-        for name, arr in (("quality", quality), ("prompt_costs", prompt_costs)):
-            if arr is not None and np.shape(arr) != (n, len(pool)):
-                raise ValueError(f"{name} must have shape ({n}, {len(pool)}) (prompts, pool models), "
-                                 f"got {np.shape(arr)}")
+        check_prompt_tables(n, pool, quality=quality, prompt_costs=prompt_costs)
         lams = lambda_grid(pool.costs, n_budgets) if lams is None else lams
         masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
         if quality is None and prompt_costs is None:

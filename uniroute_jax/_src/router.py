@@ -230,6 +230,24 @@ class Routing(NamedTuple):
 # ------------------------------------------------------------------------------------ router
 
 
+def check_pool(pool: Pool, n_clusters: int) -> None:
+    """Raises unless `pool` is a non-empty `Pool` over `n_clusters` clusters (any router's check)."""
+    if not isinstance(pool, Pool):
+        raise TypeError(f"pool must be a Pool, got {type(pool).__name__}")
+    if pool.n_clusters != n_clusters:
+        raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {n_clusters}")
+    if len(pool) == 0:
+        raise ValueError("pool is empty: represent at least one LLM first")
+
+
+def check_prompt_tables(n_prompts: int, pool: Pool, **tables) -> None:
+    """Raises unless each given per-prompt table (test quality, prompt costs) is `[n_prompts, n_models]`."""
+    for name, arr in tables.items():
+        if arr is not None and np.shape(arr) != (n_prompts, len(pool)):
+            raise ValueError(f"{name} must have shape ({n_prompts}, {len(pool)}) (prompts, pool models), "
+                             f"got {np.shape(arr)}")
+
+
 def _log(verbose: bool, msg: str) -> None:
     if verbose:
         print(f"[uniroute] {msg}", file=sys.stderr, flush=True)
@@ -409,7 +427,7 @@ class UniRouter:
         """
         self._check_pool(pool)
         labels = self.assign(embeddings)
-        self._check_labels(labels, pool, quality, prompt_costs)
+        check_prompt_tables(labels.shape[0], pool, quality=quality, prompt_costs=prompt_costs)
         lams = lambda_grid(pool.costs, n_budgets) if lams is None else lams
         masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
         units = make_units(labels, n_units=self.n_clusters, quality=quality, prompt_costs=prompt_costs,
@@ -434,26 +452,14 @@ class UniRouter:
         """
         self._check_pool(pool)
         labels = self.assign(embeddings)
-        self._check_labels(labels, pool, quality, prompt_costs)
+        check_prompt_tables(labels.shape[0], pool, quality=quality, prompt_costs=prompt_costs)
         masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
         units = make_units(labels, n_units=self.n_clusters, quality=quality, prompt_costs=prompt_costs,
                            costs=pool.costs)
         return exact_curve(pool.psi.T, units, pool.costs, pool_masks=masks)
 
-    @staticmethod
-    def _check_labels(labels, pool, quality, prompt_costs) -> None:
-        for name, arr in (("quality", quality), ("prompt_costs", prompt_costs)):
-            if arr is not None and np.shape(arr) != (labels.shape[0], len(pool)):
-                raise ValueError(f"{name} must have shape ({labels.shape[0]}, {len(pool)}) (prompts, pool models), "
-                                 f"got {np.shape(arr)}")
-
     def _check_pool(self, pool: Pool) -> None:
-        if not isinstance(pool, Pool):
-            raise TypeError(f"pool must be a Pool, got {type(pool).__name__}")
-        if pool.n_clusters != self.n_clusters:
-            raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {self.n_clusters}")
-        if len(pool) == 0:
-            raise ValueError("pool is empty: represent at least one LLM first")
+        check_pool(pool, self.n_clusters)
 
     def save(self, path) -> Path:
         """Writes the router to a versioned `.npz` file."""
