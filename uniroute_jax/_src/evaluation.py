@@ -195,9 +195,8 @@ def _kmeans_trial(key, emb, quality, label_mask, prompt_costs, costs, train, val
     tol = 1e-4 * jnp.mean(jnp.var(xs, axis=0))
     km = kmeans_kernel(key, x, jnp.ones(x.shape[0], x.dtype), tol, n_clusters=n_clusters, n_init=n_init,
                        max_iter=300, metric=metric)
-    assign = lambda idx: assign_kernel(emb[idx] if metric == "euclidean" else
-                                       emb[idx] / jnp.maximum(jnp.linalg.norm(emb[idx], axis=1, keepdims=True), 1e-12),
-                                       km.centroids, metric=metric)
+    # Cosine assignment is an argmax of dot products with unit centroids: rows need no normalising.
+    assign = lambda idx: assign_kernel(emb[idx], km.centroids, metric=metric)
     lab_tr, lab_va, lab_te = assign(train), assign(val), assign(test)
     ev = error_vectors_kernel(lab_va, quality[val], label_mask[val], alpha, n_clusters=n_clusters)
     est = ev.psi.T  # [K, n_models]
