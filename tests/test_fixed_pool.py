@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from uniroute_jax import WorldConfig, make_units, sweep, synthetic_world
-from uniroute_jax._src import fixed_pool, learned_map
+from uniroute_jax._src import fixed_pool, learned_map, training
 from uniroute_jax._src.fixed_pool import FixedPoolConfig, FixedPoolRouter, random_router_estimates
 
 N_FIT, N_TEST, N_MODELS, DIM = 500, 300, 5, 8
@@ -69,12 +69,12 @@ def test_eager_equals_jit(fitted, world):
 
 
 def test_second_fit_with_the_same_shapes_does_not_recompile(fitted, world):
-    before = learned_map.train_epoch._cache_size()
+    before = training.train_epoch._cache_size()
     rng = np.random.default_rng(1)
     x = world["x"] + 0.1 * rng.normal(size=world["x"].shape)
     q = world["q"][rng.permutation(N_FIT)]
     again = FixedPoolRouter.fit(x, q, kind=fitted.kind, seed=5, config=CONFIG)
-    assert learned_map.train_epoch._cache_size() == before
+    assert training.train_epoch._cache_size() == before
     assert again.info["n_fit"] == fitted.info["n_fit"]
 
 

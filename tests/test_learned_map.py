@@ -1,4 +1,4 @@
-"""Tests for UniRoute (LearnedMap) and the shared training loop."""
+"""Tests for UniRoute (LearnedMap): the router with a soft feature map, and the shared training loop."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import dataclasses
 import doctest
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
 from uniroute_jax import make_units
 from uniroute_jax import sweep as routing_sweep
-from uniroute_jax._src import learned_map
-from uniroute_jax._src.learned_map import LearnedMapConfig, LearnedMapRouter, initial_map
+from uniroute_jax._src import persistence, router as router_module, training
+from uniroute_jax._src.feature_maps import HardMap, SoftMap
+from uniroute_jax._src.learned_map import LearnedMapConfig, initial_map
 from uniroute_jax._src.router import Pool, UniRouter
 
 K = 4
@@ -56,8 +58,8 @@ def data():
 
 
 def _fit(d, *, base=None, config=CONFIG, **kw):
-    return LearnedMapRouter.from_kmeans(base or d["base"], d["x_tr"], d["q_tr"], d["x_va"],
-                                        d["q_va"][:, TRAIN_LLMS], config=config, **kw)
+    return (base or d["base"]).learn_map(d["x_tr"], d["q_tr"], d["x_va"], d["q_va"][:, TRAIN_LLMS], config=config,
+                                         **kw)
 
 
 def _pool(router, d, llms):
@@ -112,15 +114,15 @@ def test_one_cluster_routes_by_overall_validation_error(data, psi_source):
 
 def test_deterministic_for_a_seed(data, trained):
     again = _fit(data, seed=0)
-    np.testing.assert_array_equal(again.theta, trained.theta)
-    np.testing.assert_array_equal(again.bias, trained.bias)
+    np.testing.assert_array_equal(again.feature_map.theta, trained.feature_map.theta)
+    np.testing.assert_array_equal(again.feature_map.bias, trained.feature_map.bias)
     other = _fit(data, seed=1)
-    assert not np.array_equal(other.theta, trained.theta)
+    assert not np.array_equal(other.feature_map.theta, trained.feature_map.theta)
 
 
 def test_soft_psi_option_trains_and_represents_softly(data):
     lm = _fit(data, psi_source="soft", config=dataclasses.replace(CONFIG, holdout_fraction=0.0))
-    assert lm.psi_source == "soft"
+    assert lm.feature_map.psi_source == "soft"
     assert lm.info["train_loss"][-1] < lm.info["initial_train_loss"]
     pool = _pool(lm, data, TEST_LLMS)
     # Soft weights make fractional label counts; hard clusters make integer ones.
@@ -172,15 +174,29 @@ def test_route_and_sweep_agree_with_the_estimates(data, trained):
 
 def test_save_load_round_trip_is_exact(data, trained, tmp_path):
     path = trained.save(tmp_path / "lm")
-    loaded = LearnedMapRouter.load(path)
+    loaded = UniRouter.load(path)
+    assert isinstance(loaded.feature_map, SoftMap)
     for field in ("theta", "bias", "centroids"):
-        np.testing.assert_array_equal(getattr(loaded, field), getattr(trained, field))
-    assert (loaded.metric, loaded.alpha, loaded.psi_source) == (trained.metric, trained.alpha, trained.psi_source)
+        np.testing.assert_array_equal(getattr(loaded.feature_map, field), getattr(trained.feature_map, field))
+    assert (loaded.metric, loaded.alpha, loaded.feature_map.psi_source) == (trained.metric, trained.alpha, trained.feature_map.psi_source)
     assert loaded.info == trained.info
     pool = _pool(trained, data, TEST_LLMS)
     np.testing.assert_array_equal(loaded.estimates(data["x_te"], pool), trained.estimates(data["x_te"], pool))
-    with pytest.raises(ValueError, match="holds a 'router'"):
-        LearnedMapRouter.load(data["base"].save(tmp_path / "base"))
+    assert isinstance(UniRouter.load(data["base"].save(tmp_path / "base")).feature_map, HardMap)
+    with pytest.raises(ValueError, match="holds a 'pool'"):
+        UniRouter.load(pool.save(tmp_path / "pool"))
+
+
+def test_files_of_the_former_learned_map_router_still_load(data, trained, tmp_path):
+    # The layout the separate LearnedMapRouter class wrote: its own kind, no "feature_map" field.
+    fmap = trained.feature_map
+    meta = {"metric": fmap.metric, "alpha": trained.alpha, "psi_source": fmap.psi_source, "info": trained.info}
+    path = persistence.save_arrays(tmp_path / "old", "learned_map_router",
+                                   {"theta": fmap.theta, "bias": fmap.bias, "centroids": fmap.centroids}, meta)
+    loaded = UniRouter.load(path)
+    pool = _pool(trained, data, TEST_LLMS)
+    np.testing.assert_array_equal(loaded.estimates(data["x_te"], pool), trained.estimates(data["x_te"], pool))
+    assert loaded.feature_map.psi_source == fmap.psi_source
 
 
 def test_verbose_prints_one_line_per_epoch(data, capsys):
@@ -212,8 +228,8 @@ def test_pool_from_another_router_is_rejected(data, trained):
 def test_invalid_inputs_raise(data, change, match):
     kw = dict(x_tr=data["x_tr"], q_tr=data["q_tr"], x_va=data["x_va"], psi_source="hard") | change
     with pytest.raises((ValueError, TypeError), match=match):
-        LearnedMapRouter.from_kmeans(data["base"], kw["x_tr"], kw["q_tr"], kw["x_va"], data["q_va"][:, TRAIN_LLMS],
-                                     psi_source=kw["psi_source"], config=CONFIG)
+        data["base"].learn_map(kw["x_tr"], kw["q_tr"], kw["x_va"], data["q_va"][:, TRAIN_LLMS],
+                               psi_source=kw["psi_source"], config=CONFIG)
 
 
 @pytest.mark.parametrize(
@@ -236,29 +252,52 @@ def test_invalid_config_raises(kw, match):
 def test_seed_must_be_an_int_or_key(data):
     with pytest.raises(TypeError, match="seed must be an int >= 0 or a PRNG key"):
         _fit(data, seed="zero")
-    assert learned_map.as_key(jax.random.PRNGKey(3)).shape == ()
+    assert training.as_key(jax.random.PRNGKey(3)).shape == ()
 
 
 def test_heldout_split_sizes():
     key = jax.random.key(0)
-    fit, hold = learned_map.split_heldout(key, 4, 0.1, "x")  # rounds to 0, but one is always held out
+    fit, hold = training.split_heldout(key, 4, 0.1, "x")  # rounds to 0, but one is always held out
     assert hold.size == 1 and fit.size == 3 and np.union1d(fit, hold).tolist() == [0, 1, 2, 3]
-    assert learned_map.split_heldout(key, 4, 0.0, "x")[1].size == 0
+    assert training.split_heldout(key, 4, 0.0, "x")[1].size == 0
     with pytest.raises(ValueError, match="leaves no prompt"):
-        learned_map.split_heldout(key, 1, 0.1, "x")
+        training.split_heldout(key, 1, 0.1, "x")
 
 
 @pytest.mark.slow  # runs k-means, whose compile takes several seconds on two cores
 def test_fit_runs_kmeans_then_trains(data):
-    lm = LearnedMapRouter.fit(data["x_tr"], data["q_tr"], data["x_va"], data["q_va"][:, TRAIN_LLMS], K, seed=0,
+    lm = UniRouter.fit_learned_map(data["x_tr"], data["q_tr"], data["x_va"], data["q_va"][:, TRAIN_LLMS], K, seed=0,
                               metric="cosine", config=dataclasses.replace(CONFIG, epochs=2))
     assert lm.n_clusters == K and lm.metric == "cosine"
     np.testing.assert_allclose(np.linalg.norm(lm.centroids, axis=1), 1.0, rtol=1e-5)
-    again = LearnedMapRouter.fit(data["x_tr"], data["q_tr"], data["x_va"], data["q_va"][:, TRAIN_LLMS], K,
+    again = UniRouter.fit_learned_map(data["x_tr"], data["q_tr"], data["x_va"], data["q_va"][:, TRAIN_LLMS], K,
                                  seed=0, metric="cosine", config=dataclasses.replace(CONFIG, epochs=2))
-    np.testing.assert_array_equal(lm.theta, again.theta)
+    np.testing.assert_array_equal(lm.feature_map.theta, again.feature_map.theta)
 
 
 @pytest.mark.slow  # compiles the example's own shapes
 def test_docstring_examples():
-    assert doctest.testmod(learned_map, extraglobs={"np": np}).failed == 0
+    globs = {"np": np, "LearnedMapConfig": LearnedMapConfig}
+    assert doctest.testmod(router_module, extraglobs=globs).failed == 0
+
+
+def _log_barrier_loss(params, batch, aux):
+    # log(w - 0.5) falls without bound as w -> 0.5 and is NaN below it: gradient steps walk into NaN.
+    w = params["w"]
+    return jnp.sum(batch["mask"] * jnp.log(w - 0.5)), jnp.sum(batch["mask"])
+
+
+@pytest.mark.parametrize("with_heldout", [False, True])
+def test_training_stops_on_a_non_finite_loss_and_keeps_finite_parameters(with_heldout):
+    data = {"mask": jnp.ones((8,), jnp.float32)}
+    params = {"w": jnp.ones((), jnp.float32)}
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        best, history = training.train(_log_barrier_loss, params, jax.random.key(0), data, 8,
+                                       data if with_heldout else None, None,
+                                       config=LearnedMapConfig(learning_rate=0.2, weight_decay=0.0, batch_size=8,
+                                                               epochs=20, patience=20, min_delta=0.0))
+    assert history.diverged and not history.stopped_early
+    last = history.heldout_loss[-1] if with_heldout else history.train_loss[-1]
+    assert history.train_loss.size < 20 and not np.isfinite(last)
+    assert np.isfinite(float(best["w"])) and float(best["w"]) > 0.5
+    assert history.best_epoch < history.train_loss.size

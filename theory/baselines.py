@@ -12,7 +12,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 # The unchecked kernel of `uniroute_jax.knn_estimates`, so that it traces inside a jitted study.
-from uniroute_jax import knn_kernel
+from uniroute_jax.kernels import knn_kernel
 from theory.bayes import Frontier, exact_frontier
 
 

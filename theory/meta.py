@@ -41,7 +41,7 @@ import uniroute_jax as ur
 
 # The unchecked kernels are used so that k-means and the error vectors vmap over instances; the
 # checked entry points validate on the host and cannot be traced.
-from uniroute_jax import assign_kernel, error_vectors_kernel, kmeans_kernel
+from uniroute_jax.kernels import assign_kernel, error_vectors_kernel, kmeans_kernel
 
 
 class InstanceSettings(NamedTuple):

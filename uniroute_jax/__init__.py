@@ -12,7 +12,6 @@ from uniroute_jax._src.curves import (
     curve_at,
     curve_points,
     exact_curve,
-    exact_curve_kernel,
     route_calibrated,
 )
 from uniroute_jax._src.data import (
@@ -27,12 +26,13 @@ from uniroute_jax._src.data import (
     save_folder,
 )
 from uniroute_jax._src.embedding import TextEmbedder, embed_texts, resolve_model_dir
-from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, ErrorVectors, error_vectors, error_vectors_kernel
+from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, ErrorVectors, error_vectors
 from uniroute_jax._src.evaluation import EvaluationResult, ProtocolConfig, evaluate, synthetic_dataset
 from uniroute_jax._src.fixed_pool import FixedPoolConfig, FixedPoolRouter, random_router_estimates
-from uniroute_jax._src.kmeans import KMeansResult, assign_clusters, assign_kernel, kmeans, kmeans_kernel
-from uniroute_jax._src.knn import knn_estimates, knn_estimates_multi, knn_kernel
-from uniroute_jax._src.learned_map import LearnedMapConfig, LearnedMapRouter
+from uniroute_jax._src.kmeans import KMeansResult, assign_clusters, kmeans
+from uniroute_jax._src.knn import knn_estimates, knn_estimates_multi
+from uniroute_jax._src.feature_maps import HardMap, SoftMap
+from uniroute_jax._src.learned_map import LearnedMapConfig
 from uniroute_jax._src.metrics import (
     CurveMetrics,
     PoolReference,
@@ -53,18 +53,17 @@ from uniroute_jax._src.metrics import (
     upper_hull_mask,
 )
 from uniroute_jax._src.onboarding import ErrorIntervals, ValidationSize, error_intervals, validation_prompts_needed
-from uniroute_jax._src.router import Curves, Pool, Routing, RoutingTable, UniRouter, route_embeddings_kernel
+from uniroute_jax._src.pool import Pool
+from uniroute_jax._src.router import Curves, Routing, RoutingTable, UniRouter
 from uniroute_jax._src.routing import (
-    route_kernel,
-    sweep_kernel,
     RouteResult,
     RoutingUnits,
     SweepResult,
     lambda_grid,
     make_units,
     route,
-    sweep,
 )
+from uniroute_jax._src.sweeps import sweep
 from uniroute_jax._src.sharding import (
     pool_mesh,
     shard_trials,
@@ -103,9 +102,9 @@ __all__ = [
     "ExactCurve",
     "FixedPoolConfig",
     "FixedPoolRouter",
+    "HardMap",
     "KMeansResult",
     "LearnedMapConfig",
-    "LearnedMapRouter",
     "LLMs",
     "Pool",
     "PoolReference",
@@ -118,6 +117,7 @@ __all__ = [
     "RoutingTable",
     "RoutingUnits",
     "SignTestResult",
+    "SoftMap",
     "SweepResult",
     "TextEmbedder",
     "ThresholdCost",
@@ -130,7 +130,6 @@ __all__ = [
     "apply_calibration",
     "area",
     "assign_clusters",
-    "assign_kernel",
     "auc",
     "calibrate",
     "cpt",
@@ -141,16 +140,12 @@ __all__ = [
     "error_intervals",
     "error_probability",
     "error_vectors",
-    "error_vectors_kernel",
     "evaluate",
     "exact_curve",
-    "exact_curve_kernel",
     "interpolate_curve",
     "kmeans",
-    "kmeans_kernel",
     "knn_estimates",
     "knn_estimates_multi",
-    "knn_kernel",
     "lambda_grid",
     "load_alpacaeval",
     "load_embedllm",
@@ -171,8 +166,6 @@ __all__ = [
     "resolve_model_dir",
     "route",
     "route_calibrated",
-    "route_embeddings_kernel",
-    "route_kernel",
     "sample_llms",
     "sample_prompt_space",
     "sample_prompts",
@@ -182,7 +175,6 @@ __all__ = [
     "sharded_sweep",
     "sign_test",
     "sweep",
-    "sweep_kernel",
     "synthetic_dataset",
     "synthetic_world",
     "trial_mesh",

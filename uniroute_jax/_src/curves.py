@@ -1,6 +1,6 @@
 """Exact deferral curves and budget calibration.
 
-`routing.sweep` evaluates the router on a grid of trade-offs `lam`. The curve it samples is
+`sweeps.sweep` evaluates the router on a grid of trade-offs `lam`. The curve it samples is
 piecewise constant in `lam`: unit `u` goes to `argmin_m E[u, m] + lam * c[m]`, which follows the
 lower envelope of the lines `E[u, m] + lam * c[m]` and so changes at most `max_models - 1` times,
 each time to a strictly cheaper model. This module finds every such switch exactly:
@@ -8,7 +8,7 @@ each time to a strictly cheaper model. This module finds every such switch exact
 1. Per unit, start from the tie-broken argmin at `lam = 0` and walk the envelope: from the
    current model `cur`, the next switch is at `t = min_{m': c[m'] < c[cur]} (E[u, m'] - E[u, cur])
    / (c[cur] - c[m'])`, to the cheapest model attaining it (then the lowest index): the rule
-   `routing._choose` applies at `lam = t` itself. At most `max_models - 1` steps for all units
+   `decisions.choose` applies at `lam = t` itself. At most `max_models - 1` steps for all units
    at once (a `while_loop` that stops when no unit moves; shapes stay fixed), masked models never
    chosen, exhausted units emit `+inf` times.
 2. Each switch is an event `(t, delta cost, delta quality, delta estimate)` of the unit's sums.
@@ -28,8 +28,8 @@ thousands of deltas drifts: measured against float64 on 40,000 events, a sequent
 cumsum is off by up to 3e-5 of the curve's scale, XLA's (tree-ordered) `jnp.cumsum` on CPU by
 about 3e-7. The sums here add a second cumsum of the first one's rounding residuals
 (`_compensated_cumsum`), which brings the error to about one float32 ulp (3e-8 to 5e-8 of the
-scale, for either summation order): no worse than the direct sum `routing.sweep` computes. The
-breakpoints themselves are float divisions: `routing.sweep` at a `lam` within a few ulps of a
+scale, for either summation order): no worse than the direct sum `sweeps.sweep` computes. The
+breakpoints themselves are float divisions: `sweeps.sweep` at a `lam` within a few ulps of a
 breakpoint may fall on either side of it, and that is the only place the two can disagree (the
 tests compare them to 1e-5 relative everywhere else).
 
@@ -68,7 +68,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uniroute_jax._src import validation
-from uniroute_jax._src.routing import RoutingUnits, SweepResult, _choose
+from uniroute_jax._src.decisions import choose
+from uniroute_jax._src.routing import RoutingUnits, SweepResult
 
 
 class ExactCurve(NamedTuple):
@@ -156,7 +157,7 @@ def _envelope_events(estimates, costs, model_mask):
     """
     n_units, max_models = estimates.shape
     n_steps = max(max_models - 1, 0)
-    start = _choose(estimates, costs, model_mask).astype(jnp.int32)  # ties: cheaper, then lower index
+    start = choose(estimates, costs, model_mask).astype(jnp.int32)  # ties: cheaper, then lower index
     live = start >= 0
     # The tie rule (cheapest, then lowest index) as one integer key, so a step needs a single
     # integer min instead of a float min followed by an argmax.
@@ -347,8 +348,8 @@ def calibrate_kernel(exact: ExactCurve, target: jax.Array, *, by_quality: bool =
 
 
 def _decide_one(cal_hi, cal_lo, estimates, costs, model_mask):
-    hi = _choose(estimates + cal_hi * costs[None, :], costs, model_mask)
-    lo = _choose(estimates + cal_lo * costs[None, :], costs, model_mask)
+    hi = choose(estimates + cal_hi * costs[None, :], costs, model_mask)
+    lo = choose(estimates + cal_lo * costs[None, :], costs, model_mask)
     return hi, lo
 
 
@@ -456,7 +457,7 @@ def exact_curve(
 
     Args:
       estimates: [n_units, max_models] estimated error of each model on each unit (`psi.T` for
-        hard clusters, `phi @ psi.T` for per-prompt units), as for `routing.sweep`.
+        hard clusters, `phi @ psi.T` for per-prompt units), as for `sweeps.sweep`.
       units: from `make_units`.
       costs: [max_models] per-query costs the router decides with, >= 0.
       pool_masks: optional [n_pools, max_models] bool (default: one pool of every model).
@@ -493,14 +494,14 @@ def _check_exact(exact) -> ExactCurve:
 
 
 def curve_at(exact: ExactCurve, lams: ArrayLike) -> SweepResult:
-    """Evaluates exact curves at the trade-offs `lams`: the same result as `routing.sweep`.
+    """Evaluates exact curves at the trade-offs `lams`: the same result as `sweeps.sweep`.
 
     Args:
       exact: from `exact_curve`.
       lams: [n_budgets] trade-offs >= 0.
 
     Returns:
-      `SweepResult` with `[n_pools, n_budgets]` arrays. It equals `routing.sweep` on the same
+      `SweepResult` with `[n_pools, n_budgets]` arrays. It equals `sweeps.sweep` on the same
       inputs up to float summation order, except at a `lam` within a few ulps of a breakpoint,
       where the float comparison inside `sweep` may fall on either side.
 

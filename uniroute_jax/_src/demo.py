@@ -20,7 +20,8 @@ import numpy as np
 from uniroute_jax._src import metrics, plots
 from uniroute_jax._src.baselines import oracle_estimates, zero_router_estimates
 from uniroute_jax._src.router import UniRouter
-from uniroute_jax._src.routing import lambda_grid, make_units, sweep
+from uniroute_jax._src.routing import lambda_grid, make_units
+from uniroute_jax._src.sweeps import sweep
 from uniroute_jax._src.synthetic import WorldConfig, synthetic_world
 
 

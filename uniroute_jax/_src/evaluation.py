@@ -303,7 +303,6 @@ def evaluate(
       ValueError / TypeError naming the problem (no embeddings, unknown method, too few prompts).
     """
     from uniroute_jax._src.fixed_pool import FixedPoolRouter
-    from uniroute_jax._src.learned_map import LearnedMapRouter
     from uniroute_jax._src.router import UniRouter
 
     if not isinstance(dataset, RoutingDataset):
@@ -421,8 +420,8 @@ def evaluate(
                 seen = np.flatnonzero(splits.seen[t])
                 if name == LEARNED:
                     router = UniRouter(centroids[t], config.metric, config.alpha)
-                    lm = LearnedMapRouter.from_kmeans(router, emb_np[tr], q_nan[tr][:, seen], emb_np[va],
-                                                      q_nan[va][:, seen], seed=config.seed + t)
+                    lm = router.learn_map(emb_np[tr], q_nan[tr][:, seen], emb_np[va], q_nan[va][:, seen],
+                                          seed=config.seed + t)
                     pool = lm.represent(emb_np[va], q_nan[va], list(dataset.model_names), np.asarray(costs))
                     est = lm.estimates(emb_np[te], pool)
                 else:

@@ -17,7 +17,7 @@ In the paper's protocol they are run in two ways, which differ only in the data 
   a fixed-pool router can do when the pool changes.
 
 Either way `estimates(embeddings) = 1 - P(correct)` is a `[n_prompts, n_models]` table for
-`routing.sweep` over per-prompt units (`make_units(None, ...)`).
+`sweeps.sweep` over per-prompt units (`make_units(None, ...)`).
 
 Training reuses the learned map's loop (AdamW, jitted epochs, early stopping on held-out prompts).
 Inputs are standardised with the fitting prompts' per-feature mean and spread, so the same step
@@ -26,7 +26,7 @@ multiple of the batch size, so repeated fits of the same size (trials) reuse one
 
     mlp = FixedPoolRouter.fit(train_x, train_quality_of_test_llms, kind="mlp", seed=0)   # clairvoyant
     mf = FixedPoolRouter.fit(val_x, val_quality_of_test_llms, kind="mf", seed=0)         # retrained
-    curves = routing.sweep(mlp.estimates(test_x), make_units(None, quality=test_quality, costs=c), c, lams)
+    curves = sweeps.sweep(mlp.estimates(test_x), make_units(None, quality=test_quality, costs=c), c, lams)
 """
 
 from __future__ import annotations
@@ -44,14 +44,13 @@ import optax
 from jax.typing import ArrayLike
 
 from uniroute_jax._src import persistence, validation
-from uniroute_jax._src.learned_map import (
-    HELDOUT_BUCKET,
-    _log,
+from uniroute_jax._src.training import (
+    TrainingConfig,
     as_key,
     check_quality,
-    check_training_settings,
-    pad_rows,
-    pad_to,
+    history_info,
+    _log,
+    padded_batches,
     split_heldout,
     train,
 )
@@ -60,7 +59,7 @@ KINDS = ("mlp", "mf")
 
 
 @dataclasses.dataclass(frozen=True)
-class FixedPoolConfig:
+class FixedPoolConfig(TrainingConfig):
     """Architecture and training settings of the fixed-pool routers.
 
     Attributes:
@@ -84,20 +83,17 @@ class FixedPoolConfig:
         turns early stopping off and trains all `epochs`.
     """
 
-    hidden: int = 128
-    latent_dim: int = 32
     learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
     batch_size: int = 128
     epochs: int = 200
     patience: int = 10
-    min_delta: float = 1e-5
-    holdout_fraction: float = 0.1
+    hidden: int = 128
+    latent_dim: int = 32
 
     def __post_init__(self):
         validation.positive_int(self.hidden, "hidden")
         validation.positive_int(self.latent_dim, "latent_dim")
-        check_training_settings(self)
+        super().__post_init__()
 
 
 class MLPParams(NamedTuple):
@@ -292,32 +288,11 @@ class FixedPoolRouter:
         base_logit = np.log(np.clip(rate, 1e-3, 1 - 1e-3)) - np.log1p(-np.clip(rate, 1e-3, 1 - 1e-3))
         params = _init_params(k_init, jnp.asarray(base_logit, jnp.float32), kind=kind, dim=dim, n_models=n_models,
                               config=config)
-        n_pad = pad_rows(fit_rows.size, config.batch_size)
-        fit_data = _Batch(jnp.asarray(pad_to(xs[fit_rows], n_pad)), jnp.asarray(pad_to(q[fit_rows], n_pad)),
-                          jnp.asarray(pad_to(fit_mask, n_pad, False)))
-        n_hold = pad_rows(hold_rows.size, HELDOUT_BUCKET)
-        hold_data = None if hold_rows.size == 0 else _Batch(
-            jnp.asarray(pad_to(xs[hold_rows], n_hold)), jnp.asarray(pad_to(q[hold_rows], n_hold)),
-            jnp.asarray(pad_to(mask[hold_rows], n_hold, False)))
+        fit_data, hold_data = padded_batches(_Batch, (xs, q, mask), fit_rows, hold_rows, config.batch_size)
         _log(verbose, f"fixed-pool {kind}: {fit_rows.size} prompts ({hold_rows.size} held out) x {n_models} LLMs")
         params, history = train(_LOSSES[kind], params, k_train, fit_data, fit_rows.size, hold_data, None,
-                                learning_rate=config.learning_rate, weight_decay=config.weight_decay,
-                                batch_size=config.batch_size, epochs=config.epochs, patience=config.patience,
-                                min_delta=config.min_delta, verbose=verbose, label=f"fixed-pool {kind}")
-        nan_to_none = lambda v: None if np.isnan(v) else float(v)
-        info = {
-            "seconds": round(time.perf_counter() - start, 3),
-            "n_fit": int(fit_rows.size),
-            "n_heldout": int(hold_rows.size),
-            "epochs_run": int(history.train_loss.size),
-            "best_epoch": int(history.best_epoch),
-            "stopped_early": bool(history.stopped_early),
-            "initial_train_loss": history.initial_train_loss,
-            "initial_heldout_loss": nan_to_none(history.initial_heldout_loss),
-            "train_loss": [float(v) for v in history.train_loss],
-            "heldout_loss": [nan_to_none(v) for v in history.heldout_loss],
-            "config": dataclasses.asdict(config),
-        }
+                                config=config, verbose=verbose, label=f"fixed-pool {kind}")
+        info = history_info(history, fit_rows.size, hold_rows.size, config, time.perf_counter() - start)
         params = type(params)(*(np.asarray(p) for p in params))
         return cls(kind, params, mean.astype(np.float32), scale, info)
 
@@ -337,7 +312,7 @@ class FixedPoolRouter:
                                        kind=self.kind))
 
     def estimates(self, embeddings: ArrayLike) -> np.ndarray:
-        """Estimated error `1 - P(correct)`: `[n_prompts, n_models]`, for `routing.sweep` per prompt."""
+        """Estimated error `1 - P(correct)`: `[n_prompts, n_models]`, for `sweeps.sweep` per prompt."""
         return 1.0 - self.predict_correct(embeddings)
 
     def log_loss(self, embeddings: ArrayLike, quality: ArrayLike, *, label_mask: ArrayLike | None = None) -> float:

@@ -2,7 +2,7 @@
 
 This is UniRoute's K-NN special case (`K = n_val`, `Psi` the raw validation error vectors, `Phi(x)`
 uniform weight on the `k` nearest validation prompts). Like every router in this library it is
-expressed as a table of error estimates `[n_prompts, n_models]`, so `routing.sweep` over per-prompt
+expressed as a table of error estimates `[n_prompts, n_models]`, so `sweeps.sweep` over per-prompt
 units (`make_units(None, ...)`) traces its cost-quality curve.
 
 Missing labels: the `k` nearest validation prompts are chosen once per test prompt, without looking
@@ -207,7 +207,7 @@ def knn_estimates(
       metric: "cosine" (default) or "euclidean".
 
     Returns:
-      [n_test, n_models] estimated error, for `routing.sweep` over `make_units(None, ...)`.
+      [n_test, n_models] estimated error, for `sweeps.sweep` over `make_units(None, ...)`.
 
     Raises:
       ValueError / TypeError naming the argument.

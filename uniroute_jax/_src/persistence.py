@@ -55,14 +55,16 @@ def save_arrays(path: str | os.PathLike, kind: str, arrays: Mapping[str, np.ndar
     return path
 
 
-def load_arrays(path: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Reads a file written by `save_arrays`, checking format, kind, version and checksum.
+def load_arrays(path: str | os.PathLike, kind: str | tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Reads a file written by `save_arrays`, checking format, kind (or one of several), version and checksum.
 
     Raises:
       FileNotFoundError: no file at `path`.
       ValueError: the file is truncated, corrupt, of another kind or version, or fails its checksum.
     """
     path = Path(path)
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    kind = kinds[0]
     if not path.exists():
         raise FileNotFoundError(f"no {kind} file at {path}")
     try:
@@ -78,7 +80,7 @@ def load_arrays(path: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarra
         raise ValueError(f"{path} has unreadable metadata: {err}") from None
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file (format {meta.get('format')!r})")
-    if meta.get("kind") != kind:
+    if meta.get("kind") not in kinds:
         raise ValueError(f"{path} holds a {meta.get('kind')!r}, not a {kind!r}")
     if meta.get("version") != VERSION:
         raise ValueError(f"{path} has format version {meta.get('version')}; this library reads version {VERSION}")

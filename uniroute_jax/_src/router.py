@@ -1,10 +1,16 @@
-"""The public router: fit once on unlabelled prompts, represent any LLM from a small labelled run.
+"""The public router: a prompt feature map plus a pool of LLM rows, `argmin_h Phi(x) . Psi(h) + lam c(h)`.
 
-    router = UniRouter.fit(train_embeddings, n_clusters=25)
+    router = UniRouter.fit(train_embeddings, n_clusters=25)              # k-means map (hard)
     pool = router.represent(val_embeddings, val_quality, names=[...], costs=[...])
     pool = pool + router.represent(val_embeddings, new_llm_quality[:, None], names=["new"], costs=[0.3])
-    chosen = router.route(prompt_embeddings, pool, lam=0.5)          # model name per prompt
-    curves = router.sweep(test_embeddings, pool, quality=test_quality) # every budget at once
+    chosen = router.route(prompt_embeddings, pool, lam=0.5)             # model name per prompt
+    curves = router.sweep(test_embeddings, pool, quality=test_quality)  # every budget at once
+    learned = router.learn_map(train_x, train_q, val_x, val_q)         # the same router, soft map
+
+The feature map (`feature_maps.HardMap` or `SoftMap`) is the only part that differs between
+UniRoute (K-Means) and UniRoute (LearnedMap); every method here is written once for both. With a
+hard map every prompt of a cluster shares its decision, so routing is a per-cluster lookup and
+sweeps work on one unit per cluster; with a soft map decisions are made per prompt.
 """
 
 from __future__ import annotations
@@ -23,138 +29,17 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uniroute_jax._src import persistence, validation
-from uniroute_jax._src.curves import ExactCurve, exact_curve
+from uniroute_jax._src.curves import Calibration, ExactCurve, calibrate, exact_curve, route_calibrated
 from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, error_vectors
-from uniroute_jax._src.kmeans import METRICS, assign_kernel, kmeans
-from uniroute_jax._src.routing import SweepResult, lambda_grid, make_units, route_kernel, sweep
+from uniroute_jax._src.feature_maps import FeatureMap, HardMap, SoftMap, features_kernel, map_from_file
+from uniroute_jax._src.kmeans import assign_kernel, kmeans
+from uniroute_jax._src.learned_map import LearnedMapConfig, train_soft_map
+from uniroute_jax._src.pool import Pool, check_pool, check_prompt_tables
+from uniroute_jax._src.routing import RoutingUnits, SweepResult, lambda_grid, make_units, route_kernel
+from uniroute_jax._src.sweeps import sweep
+from uniroute_jax._src.training import as_key, check_quality, host_rng
 
-# ------------------------------------------------------------------------------------- pools
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Pool:
-    """A named set of represented LLMs with costs. Adding or removing an LLM adds or removes a row.
-
-    Attributes:
-      names: model names, unique.
-      costs: [n_models] cost per query (any unit: USD, parameters, ...), >= 0.
-      psi: [n_models, n_clusters] estimated per-cluster error rates.
-      counts: [n_models, n_clusters] validation labels behind each estimate.
-      error_sums: [n_models, n_clusters] summed validation errors behind each estimate.
-    """
-
-    names: tuple[str, ...]
-    costs: np.ndarray
-    psi: np.ndarray
-    counts: np.ndarray
-    error_sums: np.ndarray
-
-    def __post_init__(self):
-        names = tuple(self.names)
-        for n in names:
-            if not isinstance(n, str) or not n:
-                raise TypeError(f"names must be non-empty strings, got {n!r}")
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"names must be unique, got duplicates {dupes}")
-        m = len(names)
-        psi = validation.unit_interval(validation.float_array(self.psi, "psi", shape=(m, None)), "psi")
-        k = psi.shape[1]
-        costs = validation.nonnegative(validation.float_array(self.costs, "costs", shape=(m,)), "costs")
-        counts = validation.nonnegative(validation.float_array(self.counts, "counts", shape=(m, k)), "counts")
-        sums = validation.nonnegative(validation.float_array(self.error_sums, "error_sums", shape=(m, k)), "error_sums")
-        for field, value in (("names", names), ("costs", costs), ("psi", psi), ("counts", counts), ("error_sums", sums)):
-            object.__setattr__(self, field, value)
-
-    @classmethod
-    def empty(cls, n_clusters: int) -> Pool:
-        """A pool with no model, ready for `+`."""
-        k = validation.positive_int(n_clusters, "n_clusters")
-        z = np.zeros((0, k), np.float32)
-        return cls((), np.zeros(0, np.float32), z, z, z)
-
-    @property
-    def n_models(self) -> int:
-        return len(self.names)
-
-    @property
-    def n_clusters(self) -> int:
-        return self.psi.shape[1]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.names
-
-    def __repr__(self) -> str:
-        shown = ", ".join(self.names[:6]) + (", ..." if len(self) > 6 else "")
-        return f"Pool({len(self)} models, {self.n_clusters} clusters: {shown})"
-
-    def index(self, names: str | Sequence[str]) -> np.ndarray:
-        """Row indices of `names`; raises `KeyError`-free `ValueError` naming unknown models."""
-        names = [names] if isinstance(names, str) else list(names)
-        missing = [n for n in names if n not in self.names]
-        if missing:
-            raise ValueError(f"models {missing} are not in the pool; it holds {list(self.names)}")
-        return np.array([self.names.index(n) for n in names], np.int32)
-
-    def select(self, names: Sequence[str]) -> Pool:
-        """The sub-pool of `names`, in that order."""
-        idx = self.index(names)
-        return Pool(tuple(self.names[i] for i in idx), self.costs[idx], self.psi[idx], self.counts[idx],
-                    self.error_sums[idx])
-
-    def remove(self, *names: str) -> Pool:
-        """The pool without `names`."""
-        self.index(names)
-        return self.select([n for n in self.names if n not in names])
-
-    def __add__(self, other: Pool) -> Pool:
-        if not isinstance(other, Pool):
-            return NotImplemented
-        if other.n_clusters != self.n_clusters:
-            raise ValueError(f"cannot add a pool of {other.n_clusters} clusters to one of {self.n_clusters}")
-        cat = lambda field: np.concatenate([getattr(self, field), getattr(other, field)])
-        return Pool(self.names + other.names, cat("costs"), cat("psi"), cat("counts"), cat("error_sums"))
-
-    def with_costs(self, costs: ArrayLike) -> Pool:
-        """The same pool with new per-query costs `[n_models]`."""
-        return dataclasses.replace(self, costs=costs)
-
-    def masks(self, subsets: Sequence[Sequence[str]] | ArrayLike) -> np.ndarray:
-        """`[n_pools, n_models]` membership masks from lists of names (or a bool array, checked)."""
-        if isinstance(subsets, np.ndarray) and subsets.dtype == bool:
-            return validation.bool_array(subsets, "subsets", shape=(None, len(self)))
-        rows = []
-        for i, subset in enumerate(subsets):
-            if isinstance(subset, str):
-                raise TypeError(f"subsets[{i}] must be a list of model names, got the string {subset!r}")
-            row = np.zeros(len(self), bool)
-            row[self.index(subset)] = True
-            if not row.any():
-                raise ValueError(f"subsets[{i}] is empty")
-            rows.append(row)
-        if not rows:
-            raise ValueError("subsets must hold at least one pool")
-        return np.stack(rows)
-
-    def save(self, path) -> Path:
-        """Writes the pool to a versioned `.npz` file (see `persistence`)."""
-        arrays = {"costs": self.costs, "psi": self.psi, "counts": self.counts, "error_sums": self.error_sums}
-        return persistence.save_arrays(path, "pool", arrays, {"names": list(self.names)})
-
-    @classmethod
-    def load(cls, path) -> Pool:
-        """Reads a pool written by `save`."""
-        arrays, meta = persistence.load_arrays(path, "pool")
-        try:
-            return cls(tuple(meta["names"]), arrays["costs"], arrays["psi"], arrays["counts"], arrays["error_sums"])
-        except KeyError as err:
-            raise ValueError(f"{path} is missing the pool field {err}") from None
-
-
-# ------------------------------------------------------------------------------------ curves
+FILE_KINDS = ("router", "learned_map_router")  # the second: files of the former LearnedMapRouter
 
 
 class Curves(NamedTuple):
@@ -167,85 +52,90 @@ class Curves(NamedTuple):
     masks: np.ndarray  # [n_pools, n_models] which pool models each curve used
 
 
-def _to_curves(lams, result: SweepResult, masks, has_quality: bool) -> Curves:
-    q = np.asarray(result.mean_quality)
-    return Curves(np.asarray(lams), np.asarray(result.mean_cost), q if has_quality else np.full_like(q, np.nan),
-                  np.asarray(result.mean_error_estimate), masks)
-
-
-@functools.partial(jax.jit, static_argnames=("metric",))
-def route_embeddings_kernel(x: jax.Array, centroids: jax.Array, table: jax.Array, *, metric: str):
-    """Unchecked serving path: `(model row [n_prompts], cluster [n_prompts])` for `x [n_prompts, dim]`."""
-    labels = assign_kernel(x, centroids, metric=metric)
-    return table[labels], labels
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class RoutingTable:
-    """A router frozen at one pool and one `lambda`, for serving: nearest centroid, then a lookup.
-
-    Small batches run in NumPy on the host (a batch of one takes microseconds, where a JAX
-    dispatch and host-device copy cost about 50-100 us on a CPU); batches of `jax_from` rows or
-    more run the jitted `route_embeddings_kernel`. Both give the same decisions.
-
-    Attributes:
-      centroids: [n_clusters, dim]; table: [n_clusters] model row per cluster; names: pool names.
-      metric: "cosine" or "euclidean"; jax_from: the batch size from which JAX is used.
-    """
-
-    centroids: np.ndarray
-    table: np.ndarray
-    names: tuple[str, ...]
-    metric: str
-    jax_from: int = 256
-
-    def rows(self, embeddings: ArrayLike) -> np.ndarray:
-        """Model row of each prompt, `[n_prompts]` int32, from `[n_prompts, dim]` embeddings."""
-        x = np.asarray(embeddings, np.float32)
-        if x.ndim != 2 or x.shape[1] != self.centroids.shape[1]:
-            raise ValueError(f"embeddings must have shape (n_prompts, {self.centroids.shape[1]}), got {x.shape}")
-        if x.shape[0] >= self.jax_from:
-            return np.asarray(route_embeddings_kernel(jnp.asarray(x), jnp.asarray(self.centroids),
-                                                      jnp.asarray(self.table), metric=self.metric)[0])
-        scores = x @ self.centroids.T
-        if self.metric == "euclidean":
-            labels = np.argmin(np.sum(self.centroids**2, axis=1)[None, :] - 2.0 * scores, axis=1)
-        else:
-            labels = np.argmax(scores, axis=1)
-        return self.table[labels]
-
-    def __call__(self, embeddings: ArrayLike) -> np.ndarray:
-        """Chosen model name of each prompt, `[n_prompts]` str."""
-        return np.asarray(self.names)[self.rows(embeddings)]
-
-
 class Routing(NamedTuple):
     """Decisions for a batch of prompts."""
 
     model: np.ndarray  # [n_prompts] str, chosen model name
     index: np.ndarray  # [n_prompts] int32, row of the chosen model in the pool
-    cluster: np.ndarray  # [n_prompts] int32, cluster of each prompt
+    cluster: np.ndarray  # [n_prompts] int32, cluster of each prompt (the heaviest one under a soft map)
 
 
-# ------------------------------------------------------------------------------------ router
+@functools.partial(jax.jit, static_argnames=("metric",))
+def route_embeddings_kernel(x: jax.Array, centroids: jax.Array, table: jax.Array, *, metric: str):
+    """Unchecked hard-map serving path: `(model row [n_prompts], cluster [n_prompts])` for `x [n_prompts, dim]`."""
+    labels = assign_kernel(x, centroids, metric=metric)
+    return table[labels], labels
 
 
-def check_pool(pool: Pool, n_clusters: int) -> None:
-    """Raises unless `pool` is a non-empty `Pool` over `n_clusters` clusters (any router's check)."""
-    if not isinstance(pool, Pool):
-        raise TypeError(f"pool must be a Pool, got {type(pool).__name__}")
-    if pool.n_clusters != n_clusters:
-        raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {n_clusters}")
-    if len(pool) == 0:
-        raise ValueError("pool is empty: represent at least one LLM first")
+@functools.partial(jax.jit, static_argnames=("metric",))
+def _route_soft_kernel(params, x, psi, costs, mask, lam, *, metric: str):
+    phi = features_kernel(params, x, metric=metric)
+    return route_kernel(phi, psi, costs, mask, lam).choice, jnp.argmax(phi, axis=1).astype(jnp.int32)
 
 
-def check_prompt_tables(n_prompts: int, pool: Pool, **tables) -> None:
-    """Raises unless each given per-prompt table (test quality, prompt costs) is `[n_prompts, n_models]`."""
-    for name, arr in tables.items():
-        if arr is not None and np.shape(arr) != (n_prompts, len(pool)):
-            raise ValueError(f"{name} must have shape ({n_prompts}, {len(pool)}) (prompts, pool models), "
-                             f"got {np.shape(arr)}")
+@dataclasses.dataclass(frozen=True, eq=False)
+class RoutingTable:
+    """A router frozen at one pool and one `lambda`, for serving.
+
+    A hard map is a nearest-centroid search and a lookup in `table`: small batches run it in
+    NumPy on the host (a batch of one takes microseconds, where a JAX dispatch and host-device
+    copy cost about 50-100 us on a CPU), batches of `jax_from` rows or more the jitted kernel; both
+    give the same decisions. A soft map scores every model of the frozen pool per prompt, always
+    in the jitted kernel (a host softmax could round a near-tie the other way).
+
+    Attributes:
+      feature_map: the router's `HardMap` or `SoftMap`.
+      psi: [n_models, n_clusters] and costs: [n_models] of the models that may be chosen.
+      lam: the trade-off.
+      names: [n_models] model names.
+      table: [n_clusters] model row per cluster (hard maps; the soft map's heaviest-cluster choice otherwise).
+      jax_from: the batch size from which JAX is used.
+    """
+
+    feature_map: FeatureMap
+    psi: np.ndarray
+    costs: np.ndarray
+    lam: float
+    names: tuple[str, ...]
+    table: np.ndarray
+    jax_from: int = 256
+
+    @property
+    def centroids(self) -> np.ndarray:
+        return self.feature_map.centroids
+
+    @property
+    def metric(self) -> str:
+        return self.feature_map.metric
+
+    def rows(self, embeddings: ArrayLike) -> np.ndarray:
+        """Model row of each prompt, `[n_prompts]` int32, from `[n_prompts, dim]` embeddings."""
+        fmap = self.feature_map
+        x = np.asarray(embeddings, np.float32)
+        if x.ndim != 2 or x.shape[1] != fmap.dim:
+            raise ValueError(f"embeddings must have shape (n_prompts, {fmap.dim}), got {x.shape}")
+        if fmap.hard and x.shape[0] < self.jax_from:
+            scores = x @ fmap.centroids.T
+            if fmap.metric == "euclidean":
+                labels = np.argmin(np.sum(fmap.centroids**2, axis=1)[None, :] - 2.0 * scores, axis=1)
+            else:
+                labels = np.argmax(scores, axis=1)
+            return self.table[labels]
+        return self._rows_jax(x)
+
+    def _rows_jax(self, x: np.ndarray) -> np.ndarray:
+        fmap = self.feature_map
+        if fmap.hard:
+            return np.asarray(route_embeddings_kernel(jnp.asarray(x), jnp.asarray(fmap.centroids),
+                                                      jnp.asarray(self.table), metric=fmap.metric)[0])
+        mask = jnp.ones(len(self.names), bool)
+        return np.asarray(_route_soft_kernel(fmap.params, jnp.asarray(x), jnp.asarray(self.psi),
+                                             jnp.asarray(self.costs), mask, jnp.asarray(self.lam, jnp.float32),
+                                             metric=fmap.metric)[0])
+
+    def __call__(self, embeddings: ArrayLike) -> np.ndarray:
+        """Chosen model name of each prompt, `[n_prompts]` str."""
+        return np.asarray(self.names)[self.rows(embeddings)]
 
 
 def _log(verbose: bool, msg: str) -> None:
@@ -253,34 +143,55 @@ def _log(verbose: bool, msg: str) -> None:
         print(f"[uniroute] {msg}", file=sys.stderr, flush=True)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, init=False)
 class UniRouter:
-    """UniRoute (K-Means): prompts map to their nearest k-means centroid; LLMs to per-cluster errors.
+    """UniRoute: prompts map to `Phi(x)` over clusters, LLMs to per-cluster error rates `Psi(h)`.
+
+    `UniRouter(centroids, metric)` is the k-means router (a `HardMap`); `UniRouter(SoftMap(...))`
+    or `router.learn_map(...)` the learned-map one.
 
     Attributes:
-      centroids: [n_clusters, dim] k-means centroids (unit rows under the cosine metric).
-      metric: "cosine" (default; sentence embeddings) or "euclidean".
+      feature_map: `HardMap` (k-means clusters, one-hot `Phi`) or `SoftMap` (learned softmax).
       alpha: pseudo-count shrinking sparse clusters toward an LLM's overall error.
-      info: fit diagnostics (inertia, iterations, converged, seconds).
+      info: fit diagnostics (k-means inertia, iterations, seconds; the learned map's losses).
     """
 
-    centroids: np.ndarray
-    metric: str = "cosine"
-    alpha: float = DEFAULT_ALPHA
-    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    feature_map: FeatureMap
+    alpha: float
+    info: dict[str, Any]
 
-    def __post_init__(self):
-        validation.choice(self.metric, "metric", METRICS)
-        object.__setattr__(self, "centroids", validation.float_array(self.centroids, "centroids", ndim=2))
-        object.__setattr__(self, "alpha", validation.nonnegative_float(self.alpha, "alpha"))
+    def __init__(self, feature_map: FeatureMap | ArrayLike, metric: str | None = None,
+                 alpha: float = DEFAULT_ALPHA, info: dict[str, Any] | None = None):
+        if not isinstance(feature_map, (HardMap, SoftMap)):
+            feature_map = HardMap(feature_map, "cosine" if metric is None else metric)
+        elif metric is not None and metric != feature_map.metric:
+            raise ValueError(f"metric={metric!r} contradicts the feature map's metric {feature_map.metric!r}")
+        object.__setattr__(self, "feature_map", feature_map)
+        object.__setattr__(self, "alpha", validation.nonnegative_float(alpha, "alpha"))
+        object.__setattr__(self, "info", {} if info is None else dict(info))
+
+    def __repr__(self) -> str:
+        return (f"UniRouter({self.feature_map.kind} map, {self.n_clusters} clusters x {self.dim} dims, "
+                f"metric={self.metric!r}, alpha={self.alpha})")
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """[n_clusters, dim] k-means centroids (the starting point of a soft map)."""
+        return self.feature_map.centroids
+
+    @property
+    def metric(self) -> str:
+        return self.feature_map.metric
 
     @property
     def n_clusters(self) -> int:
-        return self.centroids.shape[0]
+        return self.feature_map.n_clusters
 
     @property
     def dim(self) -> int:
-        return self.centroids.shape[1]
+        return self.feature_map.dim
+
+    # ------------------------------------------------------------------------------ fitting
 
     @classmethod
     def fit(
@@ -296,7 +207,7 @@ class UniRouter:
         alpha: float = DEFAULT_ALPHA,
         verbose: bool = False,
     ) -> UniRouter:
-        """Fits k-means on unlabelled training-prompt embeddings `[n_prompts, dim]`.
+        """UniRoute (K-Means): fits k-means on unlabelled training-prompt embeddings `[n_prompts, dim]`.
 
         No LLM label is needed: LLMs are represented afterwards with `represent`.
         """
@@ -311,6 +222,101 @@ class UniRouter:
         _log(verbose, f"k-means done in {info['seconds']}s: {info['n_iter']} iterations, converged={info['converged']}")
         return cls(np.asarray(res.centroids), metric, alpha, info)
 
+    @classmethod
+    def fit_learned_map(
+        cls,
+        train_embeddings: ArrayLike,
+        train_quality: ArrayLike,
+        val_embeddings: ArrayLike,
+        val_quality: ArrayLike,
+        n_clusters: int,
+        *,
+        seed: int | jax.Array = 0,
+        metric: str = "cosine",
+        alpha: float = DEFAULT_ALPHA,
+        psi_source: str = "hard",
+        train_label_mask: ArrayLike | None = None,
+        val_label_mask: ArrayLike | None = None,
+        n_init: int = 3,
+        max_iter: int = 300,
+        config: LearnedMapConfig | None = None,
+        verbose: bool = False,
+    ) -> UniRouter:
+        """UniRoute (LearnedMap) in one call: k-means on the training prompts, then `learn_map`.
+
+        Args:
+          train_embeddings, train_quality, val_embeddings, val_quality, psi_source, label masks,
+            config, verbose: as for `learn_map`.
+          n_clusters: K.
+          seed: int seed or PRNG key; k-means and training use keys folded from it.
+          metric, alpha, n_init, max_iter: as for `fit`.
+        """
+        key = as_key(seed)
+        k_kmeans, k_train = jax.random.split(key)
+        kmeans_seed = int(host_rng(k_kmeans).integers(0, np.iinfo(np.int32).max))
+        base = cls.fit(train_embeddings, n_clusters, seed=kmeans_seed, n_init=n_init, max_iter=max_iter,
+                       metric=metric, alpha=alpha, verbose=verbose)
+        return base.learn_map(train_embeddings, train_quality, val_embeddings, val_quality, seed=k_train,
+                              psi_source=psi_source, train_label_mask=train_label_mask,
+                              val_label_mask=val_label_mask, config=config, verbose=verbose)
+
+    def learn_map(
+        self,
+        train_embeddings: ArrayLike,
+        train_quality: ArrayLike,
+        val_embeddings: ArrayLike,
+        val_quality: ArrayLike,
+        *,
+        seed: int | jax.Array = 0,
+        psi_source: str = "hard",
+        train_label_mask: ArrayLike | None = None,
+        val_label_mask: ArrayLike | None = None,
+        config: LearnedMapConfig | None = None,
+        verbose: bool = False,
+    ) -> UniRouter:
+        """This k-means router with a soft map trained on the training LLMs' labels (UniRoute (LearnedMap)).
+
+        The training LLMs' `Psi` comes from the hard clusters on the validation prompts and is held
+        fixed (`psi_source="hard"`, the paper's recipe). With `psi_source="soft"`, `Psi` is
+        recomputed at every step from the soft map's weights on the validation prompts, and
+        `represent` later does the same for new LLMs. See `learned_map`.
+
+        Args:
+          train_embeddings: [n_train, dim] training prompts.
+          train_quality: [n_train, n_models] training LLMs' quality in [0, 1]; NaN where missing.
+          val_embeddings: [n_val, dim] validation prompts.
+          val_quality: [n_val, n_models] the same LLMs (same columns) on the validation prompts.
+          seed: int seed or PRNG key; equal seeds give identical maps.
+          psi_source: "hard" or "soft".
+          train_label_mask, val_label_mask: optional bool masks (default: not NaN).
+          config: training settings (default `LearnedMapConfig()`); `epochs=0` returns the
+            initial, tempered k-means map.
+          verbose: one progress line per epoch on stderr.
+
+        Returns:
+          A `UniRouter` with a `SoftMap`; `info` holds the per-epoch losses and the k-means info.
+
+        Example:
+          >>> rng = np.random.default_rng(0)
+          >>> x, q = rng.normal(size=(200, 4)), rng.integers(0, 2, size=(200, 3)).astype(float)
+          >>> base = UniRouter(x[:3], metric="euclidean")  # any fitted k-means router
+          >>> lm = base.learn_map(x[:150], q[:150], x[150:], q[150:], config=LearnedMapConfig(epochs=2))
+          >>> pool = lm.represent(x[150:], q[150:], ["a", "b", "c"], costs=[1.0, 2.0, 4.0])
+          >>> lm.estimates(x[:5], pool).shape
+          (5, 3)
+        """
+        if not isinstance(self.feature_map, HardMap):
+            raise ValueError("learn_map starts from a k-means router (a HardMap); this router already has a soft map")
+        key = as_key(seed)
+        train_x = self._embeddings(train_embeddings, "train_embeddings")
+        val_x = self._embeddings(val_embeddings, "val_embeddings")
+        soft, info = train_soft_map(self.feature_map, self.alpha, train_x, train_quality, val_x, val_quality,
+                                    key=key, psi_source=psi_source, train_label_mask=train_label_mask,
+                                    val_label_mask=val_label_mask, config=config, verbose=verbose)
+        return UniRouter(soft, alpha=self.alpha, info={**info, "kmeans": dict(self.info)})
+
+    # ------------------------------------------------------------------------------ prompts
+
     def _embeddings(self, embeddings: ArrayLike, name: str = "embeddings") -> np.ndarray:
         x = validation.float_array(embeddings, name, ndim=2)
         if x.shape[1] != self.dim:
@@ -320,9 +326,22 @@ class UniRouter:
         return x
 
     def assign(self, embeddings: ArrayLike) -> np.ndarray:
-        """Cluster of each prompt: `[n_prompts]` int32 from embeddings `[n_prompts, dim]`."""
+        """Hard k-means cluster (nearest centroid) of each prompt: `[n_prompts]` int32."""
+        return self.feature_map.assign(self._embeddings(embeddings))
+
+    def features(self, embeddings: ArrayLike) -> np.ndarray:
+        """`Phi(x)`: `[n_prompts, n_clusters]`, rows summing to 1 (one-hot under a hard map)."""
+        return self.feature_map.features(self._embeddings(embeddings))
+
+    def estimates(self, embeddings: ArrayLike, pool: Pool) -> np.ndarray:
+        """Estimated error `Phi(x) . Psi(h)`: `[n_prompts, n_models]`."""
+        check_pool(pool, self.n_clusters)
         x = self._embeddings(embeddings)
-        return np.asarray(assign_kernel(jnp.asarray(x), jnp.asarray(self.centroids), metric=self.metric))
+        if self.feature_map.hard:
+            return pool.psi.T[self.feature_map.assign(x)]
+        return self.feature_map.features(x) @ pool.psi.T
+
+    # ------------------------------------------------------------------------------ LLMs
 
     def represent(
         self,
@@ -344,7 +363,8 @@ class UniRouter:
           label_mask: optional [n_val, n_models] bool.
 
         Returns:
-          A `Pool` of those LLMs.
+          A `Pool` of those LLMs, on the hard clusters (or, for a soft map with
+          `psi_source="soft"`, on its soft weights).
         """
         x = self._embeddings(val_embeddings, "val_embeddings")
         q = np.asarray(val_quality)
@@ -354,13 +374,20 @@ class UniRouter:
         names = (names,) if isinstance(names, str) else tuple(names)
         if len(names) != q.shape[1]:
             raise ValueError(f"names has {len(names)} entries but val_quality has {q.shape[1]} model columns")
-        labels = self.assign(x)
-        ev = error_vectors(labels, q, n_clusters=self.n_clusters, label_mask=label_mask, alpha=self.alpha)
+        weights = self.feature_map.representation_weights(x)
+        ev = error_vectors(weights, q, n_clusters=self.n_clusters, label_mask=label_mask, alpha=self.alpha)
         costs = np.atleast_1d(costs) if np.isscalar(costs) else costs
         return Pool(names, costs, np.asarray(ev.psi), np.asarray(ev.counts), np.asarray(ev.error_sums))
 
+    # ------------------------------------------------------------------------------ routing
+
+    def _model_mask(self, pool: Pool, models: Sequence[str] | None) -> np.ndarray:
+        return np.ones(len(pool), bool) if models is None else pool.masks([models])[0]
+
     def route(self, embeddings: ArrayLike, pool: Pool, lam: float, *, models: Sequence[str] | None = None) -> Routing:
-        """Sends each prompt to `argmin_h Psi(h)[cluster] + lam * cost(h)` over the pool.
+        """Sends each prompt to `argmin_h Phi(x) . Psi(h) + lam * cost(h)` over the pool.
+
+        Ties go to the cheaper model, then to the lower row.
 
         Args:
           embeddings: [n_prompts, dim].
@@ -371,32 +398,63 @@ class UniRouter:
         Returns:
           `Routing(model, index, cluster)`, each `[n_prompts]`.
         """
-        table = self.decision_table(pool, lam, models=models)
-        x = self._embeddings(embeddings)
-        index, labels = (np.asarray(a) for a in route_embeddings_kernel(
-            jnp.asarray(x), jnp.asarray(self.centroids), jnp.asarray(table), metric=self.metric))
-        return Routing(np.asarray(pool.names)[index], index, labels)
-
-    def decision_table(self, pool: Pool, lam: float, *, models: Sequence[str] | None = None) -> np.ndarray:
-        """The model row chosen for each cluster, `[n_clusters]` int32: routing is then a lookup.
-
-        Serving code can keep the table and call `route_embeddings_kernel` per batch (one jitted
-        call: nearest centroid plus a gather).
-        """
-        self._check_pool(pool)
+        check_pool(pool, self.n_clusters)
         lam = validation.nonnegative_float(lam, "lam")
-        mask = np.ones(len(pool), bool) if models is None else pool.masks([models])[0]
+        mask = self._model_mask(pool, models)
+        x = jnp.asarray(self._embeddings(embeddings))
+        fmap = self.feature_map
+        if fmap.hard:
+            out = route_embeddings_kernel(x, jnp.asarray(fmap.centroids), jnp.asarray(self._table(pool, lam, mask)),
+                                          metric=fmap.metric)
+        else:
+            out = _route_soft_kernel(fmap.params, x, jnp.asarray(pool.psi), jnp.asarray(pool.costs),
+                                     jnp.asarray(mask), jnp.asarray(lam, jnp.float32), metric=fmap.metric)
+        index, cluster = (np.asarray(a) for a in out)
+        return Routing(np.asarray(pool.names)[index], index, cluster)
+
+    def _table(self, pool: Pool, lam: float, mask: np.ndarray) -> np.ndarray:
         # One decision per cluster: no [n_prompts, n_models] score matrix is ever built.
         per_cluster = route_kernel(jnp.eye(self.n_clusters, dtype=jnp.float32), jnp.asarray(pool.psi),
                                    jnp.asarray(pool.costs), jnp.asarray(mask), jnp.asarray(lam, jnp.float32))
         return np.asarray(per_cluster.choice)
 
+    def decision_table(self, pool: Pool, lam: float, *, models: Sequence[str] | None = None) -> np.ndarray:
+        """The model row chosen for a prompt whose `Phi` is all on one cluster, `[n_clusters]` int32.
+
+        Under a hard map that is every prompt of the cluster, so routing is a lookup in this
+        table; under a soft map it is the decision at each cluster's vertex of the simplex.
+        """
+        check_pool(pool, self.n_clusters)
+        return self._table(pool, validation.nonnegative_float(lam, "lam"), self._model_mask(pool, models))
+
     def routing_table(self, pool: Pool, lam: float, *, models: Sequence[str] | None = None,
                       jax_from: int = 256) -> RoutingTable:
         """The router frozen at `pool` and `lam` for serving (see `RoutingTable`)."""
         table = self.decision_table(pool, lam, models=models)
-        return RoutingTable(self.centroids.copy(), table, pool.names, self.metric,
+        rows = np.flatnonzero(self._model_mask(pool, models))
+        # The frozen pool holds only the chosen models: table rows index into it.
+        remap = np.full(len(pool), -1, np.int32)
+        remap[rows] = np.arange(rows.size, dtype=np.int32)
+        return RoutingTable(self.feature_map, pool.psi[rows].copy(), pool.costs[rows].copy(), float(lam),
+                            tuple(pool.names[i] for i in rows), remap[table],
                             validation.positive_int(jax_from, "jax_from"))
+
+    # ------------------------------------------------------------------------------ curves
+
+    def _units(self, embeddings: ArrayLike, pool: Pool, quality, prompt_costs) -> tuple[np.ndarray, RoutingUnits]:
+        """`(estimates [n_units, n_models], units)`: one unit per cluster (hard map) or per prompt (soft)."""
+        check_pool(pool, self.n_clusters)
+        x = self._embeddings(embeddings)
+        check_prompt_tables(x.shape[0], pool, quality=quality, prompt_costs=prompt_costs)
+        if self.feature_map.hard:
+            labels = self.feature_map.assign(x)
+            units = make_units(labels, n_units=self.n_clusters, quality=quality, prompt_costs=prompt_costs,
+                               costs=pool.costs)
+            return pool.psi.T, units
+        if quality is None and prompt_costs is None:
+            prompt_costs = np.broadcast_to(pool.costs, (x.shape[0], len(pool)))
+        units = make_units(None, quality=quality, prompt_costs=prompt_costs, costs=pool.costs)
+        return self.feature_map.features(x) @ pool.psi.T, units
 
     def sweep(
         self,
@@ -425,15 +483,11 @@ class UniRouter:
         Returns:
           `Curves` with `[n_pools, n_budgets]` arrays.
         """
-        self._check_pool(pool)
-        labels = self.assign(embeddings)
-        check_prompt_tables(labels.shape[0], pool, quality=quality, prompt_costs=prompt_costs)
+        est, units = self._units(embeddings, pool, quality, prompt_costs)
         lams = lambda_grid(pool.costs, n_budgets) if lams is None else lams
         masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
-        units = make_units(labels, n_units=self.n_clusters, quality=quality, prompt_costs=prompt_costs,
-                           costs=pool.costs)
         # Read every budget off the exact curve: one pass per pool whatever the number of budgets.
-        result = sweep(pool.psi.T, units, pool.costs, lams, pool_masks=masks, method="breakpoints")
+        result = sweep(est, units, pool.costs, lams, pool_masks=masks, method="breakpoints")
         return _to_curves(lams, result, masks, quality is not None)
 
     def exact_curve(
@@ -448,29 +502,100 @@ class UniRouter:
         """Every operating point of the router, over all `lambda >= 0`, for each sub-pool.
 
         Same arguments as `sweep` without a grid: the result lists each breakpoint where some
-        cluster's decision changes (at most `n_clusters * (n_models - 1)`), see `curves.exact_curve`.
+        unit's decision changes (at most `n_units * (n_models - 1)`), see `curves.exact_curve`.
         """
-        self._check_pool(pool)
-        labels = self.assign(embeddings)
-        check_prompt_tables(labels.shape[0], pool, quality=quality, prompt_costs=prompt_costs)
+        est, units = self._units(embeddings, pool, quality, prompt_costs)
         masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
-        units = make_units(labels, n_units=self.n_clusters, quality=quality, prompt_costs=prompt_costs,
-                           costs=pool.costs)
-        return exact_curve(pool.psi.T, units, pool.costs, pool_masks=masks)
+        return exact_curve(est, units, pool.costs, pool_masks=masks)
 
-    def _check_pool(self, pool: Pool) -> None:
+    def calibrate(
+        self,
+        embeddings: ArrayLike,
+        pool: Pool,
+        *,
+        cost: float | None = None,
+        quality: float | None = None,
+        labels: ArrayLike | None = None,
+        prompt_costs: ArrayLike | None = None,
+        models: Sequence[str] | None = None,
+    ) -> Calibration:
+        """The `lambda` (and mix of two neighbouring decisions) meeting a target on calibration prompts.
+
+        Args:
+          embeddings: [n_prompts, dim] calibration prompts (a sample of traffic).
+          pool: the pool to route among.
+          cost: target mean cost per prompt; or
+          quality: target mean quality in [0, 1] (needs `labels`). Give exactly one.
+          labels: optional [n_prompts, n_models] quality of the pool's models on these prompts.
+          prompt_costs: optional [n_prompts, n_models] realised cost per prompt.
+          models: optional subset of the pool's names.
+
+        Returns:
+          A one-pool `Calibration` (see `curves.calibrate`), for `route_calibrated`.
+        """
+        subsets = None if models is None else [list(models)]
+        exact = self.exact_curve(embeddings, pool, quality=labels, prompt_costs=prompt_costs, subsets=subsets)
+        return calibrate(exact, cost=cost, quality=quality)
+
+    def route_calibrated(self, embeddings: ArrayLike, pool: Pool, calibration: Calibration, *, seed: int = 0,
+                         models: Sequence[str] | None = None) -> Routing:
+        """Routes with a calibration from `calibrate`: each prompt takes the higher-cost decision
+        with the calibrated probability, so the mean cost meets the target in expectation."""
+        est = self.estimates(embeddings, pool)
+        mask = self._model_mask(pool, models)[None, :]
+        key = jax.random.key(validation.positive_int(seed, "seed", minimum=0))
+        index = np.asarray(route_calibrated(calibration, est, pool.costs, key, pool_masks=mask).choice)[0]
+        x = self._embeddings(embeddings)
+        cluster = self.feature_map.assign(x) if self.feature_map.hard else np.argmax(
+            self.feature_map.features(x), axis=1).astype(np.int32)
+        return Routing(np.asarray(pool.names)[index], index, cluster)
+
+    def log_loss(self, embeddings: ArrayLike, quality: ArrayLike, pool: Pool, *,
+                 label_mask: ArrayLike | None = None, eps: float | None = None) -> float:
+        """Mean binary log-loss of the estimates against observed errors (the learned map's objective).
+
+        Args:
+          embeddings: [n_prompts, dim].
+          quality: [n_prompts, n_models] quality in [0, 1] of the pool's models (its column order);
+            NaN where missing.
+          pool: LLMs represented by this router.
+          label_mask: optional [n_prompts, n_models] bool (default: not NaN).
+          eps: prediction clip (default: the learned map's training `eps`, else 1e-4).
+
+        Returns:
+          Mean negative log-likelihood per label, in nats.
+        """
         check_pool(pool, self.n_clusters)
+        x = self._embeddings(embeddings)
+        q, mask = check_quality(quality, "quality", x.shape[0], label_mask, "label_mask", len(pool))
+        if not mask.any():
+            raise ValueError("quality has no label at all")
+        eps = self.info.get("config", {}).get("eps", 1e-4) if eps is None else validation.nonnegative_float(eps, "eps")
+        p = np.clip(self.estimates(x, pool).astype(np.float64), eps, 1.0 - eps)
+        err = 1.0 - q
+        ll = err * np.log(p) + (1.0 - err) * np.log1p(-p)
+        return float(-ll[mask].mean())
+
+    # ------------------------------------------------------------------------------ files
 
     def save(self, path) -> Path:
-        """Writes the router to a versioned `.npz` file."""
-        meta = {"metric": self.metric, "alpha": self.alpha, "info": self.info}
-        return persistence.save_arrays(path, "router", {"centroids": self.centroids}, meta)
+        """Writes the router (its feature map, alpha and info) to a versioned `.npz` file."""
+        arrays, meta = self.feature_map.to_file()
+        return persistence.save_arrays(path, "router", arrays, {**meta, "alpha": self.alpha, "info": self.info})
 
     @classmethod
     def load(cls, path) -> UniRouter:
-        """Reads a router written by `save`."""
-        arrays, meta = persistence.load_arrays(path, "router")
+        """Reads a router written by `save` (also the former `LearnedMapRouter` files)."""
+        arrays, meta = persistence.load_arrays(path, FILE_KINDS)
+        if meta["kind"] == "learned_map_router":
+            meta = {**meta, "feature_map": "soft"}
         try:
-            return cls(arrays["centroids"], meta["metric"], meta["alpha"], meta.get("info", {}))
+            return cls(map_from_file(arrays, meta), alpha=meta["alpha"], info=meta.get("info", {}))
         except KeyError as err:
             raise ValueError(f"{path} is missing the router field {err}") from None
+
+
+def _to_curves(lams, result: SweepResult, masks, has_quality: bool) -> Curves:
+    q = np.asarray(result.mean_quality)
+    return Curves(np.asarray(lams), np.asarray(result.mean_cost), q if has_quality else np.full_like(q, np.nan),
+                  np.asarray(result.mean_error_estimate), masks)

@@ -19,6 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uniroute_jax._src import validation
+from uniroute_jax._src.decisions import argmin_ordered, cheapest_first, choose
 
 
 class RouteResult(NamedTuple):
@@ -45,28 +46,6 @@ class RoutingUnits(NamedTuple):
     cost_sums: jax.Array  # [n_units, max_models] summed realised cost
 
 
-def _cheapest_first(costs: jax.Array) -> jax.Array:
-    """Model order by (cost, index): `argmin`'s first-index rule then breaks ties toward cheaper."""
-    return jnp.argsort(costs, stable=True)
-
-
-def _argmin_ordered(scores: jax.Array, model_mask: jax.Array) -> jax.Array:
-    """Row-wise argmin of `scores [n, max_models]` whose columns are already cheapest-first.
-
-    One reduction decides: comparing a recomputed minimum with the scores could disagree in the
-    last bit when the compiler fuses the two differently.
-    """
-    choice = jnp.argmin(jnp.where(model_mask[None, :], scores, jnp.inf), axis=-1).astype(jnp.int32)
-    return jnp.where(jnp.any(model_mask), choice, -1)
-
-
-def _choose(scores: jax.Array, costs: jax.Array, model_mask: jax.Array) -> jax.Array:
-    """Row-wise argmin of `scores [n, max_models]`; ties go to the cheaper, then lower-index model."""
-    order = _cheapest_first(costs)
-    choice = _argmin_ordered(scores[:, order], model_mask[order])
-    return jnp.where(choice >= 0, order[jnp.maximum(choice, 0)], -1)
-
-
 @jax.jit
 def route_kernel(phi: jax.Array, psi: jax.Array, costs: jax.Array, model_mask: jax.Array, lam: jax.Array) -> RouteResult:
     """Unchecked routing of one batch for one pool and one `lam`.
@@ -79,12 +58,12 @@ def route_kernel(phi: jax.Array, psi: jax.Array, costs: jax.Array, model_mask: j
       lam: [] trade-off, >= 0.
     """
     scores = phi @ psi.T + lam * costs[None, :]
-    return RouteResult(_choose(scores, costs, model_mask), jnp.any(model_mask))
+    return RouteResult(choose(scores, costs, model_mask), jnp.any(model_mask))
 
 
 def _sweep_one(estimates, units: RoutingUnits, costs, model_mask, lam):
     """One (pool, budget); the model axis of every argument is already cheapest-first."""
-    choice = _argmin_ordered(estimates + lam * costs[None, :], model_mask)
+    choice = argmin_ordered(estimates + lam * costs[None, :], model_mask)
     safe = jnp.maximum(choice, 0)[:, None]
     total = jnp.sum(units.weight)
     pick = lambda table: jnp.sum(jnp.take_along_axis(table, safe, axis=1)[:, 0]) / total
@@ -109,7 +88,7 @@ def sweep_kernel(estimates: jax.Array, units: RoutingUnits, costs: jax.Array, po
         `pool_batch * n_budgets * n_units * max_models` scores.
     """
     # Put the model axis in (cost, index) order once, so each decision is a single argmin.
-    order = _cheapest_first(costs)
+    order = cheapest_first(costs)
     estimates, costs, pool_masks = estimates[:, order], costs[order], pool_masks[:, order]
     units = RoutingUnits(units.weight, units.quality_sums[:, order], units.cost_sums[:, order])
     per_budget = jax.vmap(_sweep_one, in_axes=(None, None, None, None, 0))
@@ -118,7 +97,7 @@ def sweep_kernel(estimates: jax.Array, units: RoutingUnits, costs: jax.Array, po
     return SweepResult(cost, quality, err, jnp.any(pool_masks, axis=1))
 
 
-def _pool_batch(n_budgets: int, n_units: int, max_models: int, n_pools: int) -> int:
+def sweep_pool_batch(n_budgets: int, n_units: int, max_models: int, n_pools: int) -> int:
     # Keep each vmapped chunk near 2^24 scores (64 MiB in float32).
     per_pool = max(n_budgets * n_units * max_models, 1)
     return int(max(1, min(n_pools, (1 << 24) // per_pool)))
@@ -227,7 +206,7 @@ def make_units(
     return RoutingUnits(weight, q_sums, c_sums)
 
 
-def _check_sweep(estimates, units: RoutingUnits, costs, lams, pool_masks):
+def check_sweep(estimates, units: RoutingUnits, costs, lams, pool_masks):
     """`sweep`'s input checks, shared with `sharding.sharded_sweep`: host (NumPy) copies of
     `(estimates, costs, lams, pool_masks)`, the masks defaulting to one pool of every model."""
     n_units, max_models = units.quality_sums.shape
@@ -242,46 +221,6 @@ def _check_sweep(estimates, units: RoutingUnits, costs, lams, pool_masks):
     if empty.size:
         raise ValueError(f"pool_masks rows {empty.tolist()} select no model: those pools are empty")
     return est, costs, lams, masks
-
-
-def sweep(
-    estimates: ArrayLike,
-    units: RoutingUnits,
-    costs: ArrayLike,
-    lams: ArrayLike,
-    *,
-    pool_masks: ArrayLike | None = None,
-    method: str = "direct",
-) -> SweepResult:
-    """Mean cost and quality of routing the units for every (pool, budget) in one jitted call.
-
-    Args:
-      estimates: [n_units, max_models] estimated error of each model on each unit: `psi.T` for
-        hard clusters, `phi @ psi.T` for soft features.
-      units: from `make_units`.
-      costs: [max_models] per-query costs the router decides with.
-      lams: [n_budgets] trade-offs >= 0.
-      pool_masks: optional [n_pools, max_models] bool (default: one pool of every model).
-      method: "direct" decides every (unit, budget) with its own argmin, `O(n_pools * n_budgets *
-        n_units * max_models)`; "breakpoints" builds the exact curve once per pool and reads it at
-        `lams`, `O(n_pools * n_units * max_models * log)` plus a binary search per budget, far
-        faster for many budgets. The two agree except for a `lam` within a few ulps of a
-        breakpoint, where rounding may put it on either side.
-
-    Returns:
-      `SweepResult` with `[n_pools, n_budgets]` curves.
-    """
-    validation.choice(method, "method", ("direct", "breakpoints"))
-    est, costs, lams, masks = _check_sweep(estimates, units, costs, lams, pool_masks)
-    n_units, max_models = est.shape
-    if method == "breakpoints":
-        from uniroute_jax._src import curves  # curves builds on this module
-
-        exact = curves.exact_curve(est, units, costs, pool_masks=masks)
-        return curves.curve_at_kernel(exact, jnp.asarray(lams))
-    batch = _pool_batch(lams.size, n_units, max_models, masks.shape[0])
-    return sweep_kernel(jnp.asarray(est), units, jnp.asarray(costs), jnp.asarray(masks), jnp.asarray(lams),
-                        pool_batch=batch)
 
 
 def lambda_grid(costs: ArrayLike, n_budgets: int = 256) -> np.ndarray:

@@ -196,10 +196,10 @@ def _sharded_sweep_padded(estimates, units, costs, lams, pool_masks, mesh) -> tu
     """Checked inputs to a pool-sharded `SweepResult` over the padded pools, and `n_pools`."""
     mesh = _check_mesh(mesh, pool_mesh)
     units = curves._check_units(units)
-    est, costs, lams, masks = routing._check_sweep(estimates, units, costs, lams, pool_masks)
+    est, costs, lams, masks = routing.check_sweep(estimates, units, costs, lams, pool_masks)
     n_pools, (n_units, max_models) = masks.shape[0], est.shape
     placed = _place_pools(masks, mesh)
-    batch = routing._pool_batch(lams.size, n_units, max_models, placed.shape[0] // mesh.size)
+    batch = routing.sweep_pool_batch(lams.size, n_units, max_models, placed.shape[0] // mesh.size)
     est, units, costs, lams = _replicate((est, units, costs, lams), mesh)
     return _sweep_sharded(est, units, costs, placed, lams, mesh=mesh, pool_batch=batch), n_pools
 
@@ -213,7 +213,7 @@ def sharded_sweep(
     pool_masks: ArrayLike | None = None,
     mesh: Mesh | None = None,
 ) -> SweepResult:
-    """`routing.sweep` with the pools split over the devices of `mesh`.
+    """`sweeps.sweep` with the pools split over the devices of `mesh`.
 
     Each device sweeps its block of pools with the same kernel as `sweep`; `estimates`, `units`,
     `costs` and `lams` are copied to every device. `n_pools` is padded to a multiple of the device

@@ -1,0 +1,157 @@
+"""A pool: the LLMs a router may choose from, one row of per-cluster error estimates each.
+
+Adding or removing an LLM adds or removes a row; nothing else changes. Routers check a pool
+against their own number of clusters with `check_pool`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from jax.typing import ArrayLike
+
+from uniroute_jax._src import persistence, validation
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Pool:
+    """A named set of represented LLMs with costs. Adding or removing an LLM adds or removes a row.
+
+    Attributes:
+      names: model names, unique.
+      costs: [n_models] cost per query (any unit: USD, parameters, ...), >= 0.
+      psi: [n_models, n_clusters] estimated per-cluster error rates.
+      counts: [n_models, n_clusters] validation labels behind each estimate.
+      error_sums: [n_models, n_clusters] summed validation errors behind each estimate.
+    """
+
+    names: tuple[str, ...]
+    costs: np.ndarray
+    psi: np.ndarray
+    counts: np.ndarray
+    error_sums: np.ndarray
+
+    def __post_init__(self):
+        names = tuple(self.names)
+        for n in names:
+            if not isinstance(n, str) or not n:
+                raise TypeError(f"names must be non-empty strings, got {n!r}")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"names must be unique, got duplicates {dupes}")
+        m = len(names)
+        psi = validation.unit_interval(validation.float_array(self.psi, "psi", shape=(m, None)), "psi")
+        k = psi.shape[1]
+        costs = validation.nonnegative(validation.float_array(self.costs, "costs", shape=(m,)), "costs")
+        counts = validation.nonnegative(validation.float_array(self.counts, "counts", shape=(m, k)), "counts")
+        sums = validation.nonnegative(validation.float_array(self.error_sums, "error_sums", shape=(m, k)), "error_sums")
+        for field, value in (("names", names), ("costs", costs), ("psi", psi), ("counts", counts), ("error_sums", sums)):
+            object.__setattr__(self, field, value)
+
+    @classmethod
+    def empty(cls, n_clusters: int) -> Pool:
+        """A pool with no model, ready for `+`."""
+        k = validation.positive_int(n_clusters, "n_clusters")
+        z = np.zeros((0, k), np.float32)
+        return cls((), np.zeros(0, np.float32), z, z, z)
+
+    @property
+    def n_models(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_clusters(self) -> int:
+        return self.psi.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __repr__(self) -> str:
+        shown = ", ".join(self.names[:6]) + (", ..." if len(self) > 6 else "")
+        return f"Pool({len(self)} models, {self.n_clusters} clusters: {shown})"
+
+    def index(self, names: str | Sequence[str]) -> np.ndarray:
+        """Row indices of `names`; raises `KeyError`-free `ValueError` naming unknown models."""
+        names = [names] if isinstance(names, str) else list(names)
+        missing = [n for n in names if n not in self.names]
+        if missing:
+            raise ValueError(f"models {missing} are not in the pool; it holds {list(self.names)}")
+        return np.array([self.names.index(n) for n in names], np.int32)
+
+    def select(self, names: Sequence[str]) -> Pool:
+        """The sub-pool of `names`, in that order."""
+        idx = self.index(names)
+        return Pool(tuple(self.names[i] for i in idx), self.costs[idx], self.psi[idx], self.counts[idx],
+                    self.error_sums[idx])
+
+    def remove(self, *names: str) -> Pool:
+        """The pool without `names`."""
+        self.index(names)
+        return self.select([n for n in self.names if n not in names])
+
+    def __add__(self, other: Pool) -> Pool:
+        if not isinstance(other, Pool):
+            return NotImplemented
+        if other.n_clusters != self.n_clusters:
+            raise ValueError(f"cannot add a pool of {other.n_clusters} clusters to one of {self.n_clusters}")
+        cat = lambda field: np.concatenate([getattr(self, field), getattr(other, field)])
+        return Pool(self.names + other.names, cat("costs"), cat("psi"), cat("counts"), cat("error_sums"))
+
+    def with_costs(self, costs: ArrayLike) -> Pool:
+        """The same pool with new per-query costs `[n_models]`."""
+        return dataclasses.replace(self, costs=costs)
+
+    def masks(self, subsets: Sequence[Sequence[str]] | ArrayLike) -> np.ndarray:
+        """`[n_pools, n_models]` membership masks from lists of names (or a bool array, checked)."""
+        if isinstance(subsets, np.ndarray) and subsets.dtype == bool:
+            return validation.bool_array(subsets, "subsets", shape=(None, len(self)))
+        rows = []
+        for i, subset in enumerate(subsets):
+            if isinstance(subset, str):
+                raise TypeError(f"subsets[{i}] must be a list of model names, got the string {subset!r}")
+            row = np.zeros(len(self), bool)
+            row[self.index(subset)] = True
+            if not row.any():
+                raise ValueError(f"subsets[{i}] is empty")
+            rows.append(row)
+        if not rows:
+            raise ValueError("subsets must hold at least one pool")
+        return np.stack(rows)
+
+    def save(self, path) -> Path:
+        """Writes the pool to a versioned `.npz` file (see `persistence`)."""
+        arrays = {"costs": self.costs, "psi": self.psi, "counts": self.counts, "error_sums": self.error_sums}
+        return persistence.save_arrays(path, "pool", arrays, {"names": list(self.names)})
+
+    @classmethod
+    def load(cls, path) -> Pool:
+        """Reads a pool written by `save`."""
+        arrays, meta = persistence.load_arrays(path, "pool")
+        try:
+            return cls(tuple(meta["names"]), arrays["costs"], arrays["psi"], arrays["counts"], arrays["error_sums"])
+        except KeyError as err:
+            raise ValueError(f"{path} is missing the pool field {err}") from None
+
+
+def check_pool(pool: Pool, n_clusters: int) -> None:
+    """Raises unless `pool` is a non-empty `Pool` over `n_clusters` clusters (any router's check)."""
+    if not isinstance(pool, Pool):
+        raise TypeError(f"pool must be a Pool, got {type(pool).__name__}")
+    if pool.n_clusters != n_clusters:
+        raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {n_clusters}")
+    if len(pool) == 0:
+        raise ValueError("pool is empty: represent at least one LLM first")
+
+
+def check_prompt_tables(n_prompts: int, pool: Pool, **tables) -> None:
+    """Raises unless each given per-prompt table (test quality, prompt costs) is `[n_prompts, n_models]`."""
+    for name, arr in tables.items():
+        if arr is not None and np.shape(arr) != (n_prompts, len(pool)):
+            raise ValueError(f"{name} must have shape ({n_prompts}, {len(pool)}) (prompts, pool models), "
+                             f"got {np.shape(arr)}")
