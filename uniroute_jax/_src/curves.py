@@ -68,8 +68,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uniroute_jax._src import validation
-from uniroute_jax._src.decisions import choose
-from uniroute_jax._src.routing import RoutingUnits, SweepResult
+from uniroute_jax._src.decisions import choose, cost_rows
+from uniroute_jax._src.routing import RoutingUnits, SweepResult, check_costs
 
 
 class ExactCurve(NamedTuple):
@@ -159,23 +159,26 @@ def _envelope_events(estimates, costs, model_mask):
     n_steps = max(max_models - 1, 0)
     start = choose(estimates, costs, model_mask).astype(jnp.int32)  # ties: cheaper, then lower index
     live = start >= 0
+    # Costs as rows: one shared row for per-model costs, one row per unit for per-request costs.
+    rows = cost_rows(costs)
     # The tie rule (cheapest, then lowest index) as one integer key, so a step needs a single
     # integer min instead of a float min followed by an argmax.
-    rank = jnp.sum(costs[None, :] < costs[:, None], axis=1).astype(jnp.int32)
+    rank = jnp.sum(rows[:, None, :] < rows[:, :, None], axis=2).astype(jnp.int32)  # [1 or n_units, max_models]
     tie_key = rank * max_models + jnp.arange(max_models, dtype=jnp.int32)
     no_key = jnp.int32(max_models * max_models)
+    per_unit = lambda table, idx: jnp.take_along_axis(jnp.broadcast_to(table, estimates.shape), idx[:, None], axis=1)
 
     def body(state):
         step, cur, t_prev, _, times, before, after = state
         safe = jnp.maximum(cur, 0)
         e_cur = jnp.take_along_axis(estimates, safe[:, None], axis=1)
-        c_cur = costs[safe][:, None]
-        cheaper = model_mask[None, :] & (rank[None, :] < rank[safe][:, None]) & live[:, None]
-        gap = jnp.where(cheaper, c_cur - costs[None, :], 1.0)  # double-where: no 0/0 off the mask
+        c_cur = per_unit(rows, safe)
+        cheaper = model_mask[None, :] & (rank < per_unit(rank, safe)) & live[:, None]
+        gap = jnp.where(cheaper, c_cur - rows, 1.0)  # double-where: no 0/0 off the mask
         t = jnp.where(cheaper, (estimates - e_cur) / gap, jnp.inf)
         t_min = jnp.min(t, axis=1)
         moved = jnp.isfinite(t_min)
-        best = jnp.min(jnp.where(t <= t_min[:, None], tie_key[None, :], no_key), axis=1)
+        best = jnp.min(jnp.where(t <= t_min[:, None], tie_key, no_key), axis=1)
         nxt = jnp.where(moved, best % max_models, cur).astype(jnp.int32)
         # In exact arithmetic one unit's switch times increase; clamp so rounding cannot reorder
         # them. `where(> 0)` also turns a -0.0 into 0.0, which matters for the integer sort keys.
@@ -248,7 +251,7 @@ def exact_curve_kernel(estimates: jax.Array, units: RoutingUnits, costs: jax.Arr
     Args:
       estimates: [n_units, max_models] estimated error of each model on each unit.
       units: `RoutingUnits` with `n_units` rows over `max_models` models.
-      costs: [max_models] per-query costs the router decides with.
+      costs: [max_models] per-query costs the router decides with, or [n_units, max_models].
       pool_masks: [n_pools, max_models] bool.
       pool_batch: pools vmapped together inside a sequential map (bounds peak memory).
 
@@ -348,8 +351,8 @@ def calibrate_kernel(exact: ExactCurve, target: jax.Array, *, by_quality: bool =
 
 
 def _decide_one(cal_hi, cal_lo, estimates, costs, model_mask):
-    hi = choose(estimates + cal_hi * costs[None, :], costs, model_mask)
-    lo = choose(estimates + cal_lo * costs[None, :], costs, model_mask)
+    hi = choose(estimates + cal_hi * cost_rows(costs), costs, model_mask)
+    lo = choose(estimates + cal_lo * cost_rows(costs), costs, model_mask)
     return hi, lo
 
 
@@ -434,8 +437,7 @@ def _check_table(estimates, units: RoutingUnits, costs, pool_masks):
     n_units, max_models = np.shape(units.quality_sums)
     dtype = _float_dtype()
     est = validation.float_array(estimates, "estimates", shape=(n_units, max_models), dtype=dtype)
-    costs = validation.nonnegative(validation.float_array(costs, "costs", shape=(max_models,), dtype=dtype),
-                                   "costs")
+    costs = check_costs(costs, n_units, max_models, dtype=dtype)
     masks = np.ones((1, max_models), bool) if pool_masks is None else validation.bool_array(
         pool_masks, "pool_masks", shape=(None, max_models))
     if masks.shape[0] == 0:
@@ -459,7 +461,8 @@ def exact_curve(
       estimates: [n_units, max_models] estimated error of each model on each unit (`psi.T` for
         hard clusters, `phi @ psi.T` for per-prompt units), as for `sweeps.sweep`.
       units: from `make_units`.
-      costs: [max_models] per-query costs the router decides with, >= 0.
+      costs: [max_models] per-query costs the router decides with, or [n_units, max_models]
+        per-request costs; >= 0.
       pool_masks: optional [n_pools, max_models] bool (default: one pool of every model).
 
     Returns:
@@ -621,7 +624,8 @@ def apply_calibration(
       calibration: from `calibrate`, with one row per pool of `pool_masks`.
       estimates: [n_units, max_models] estimates for the held-out units.
       units: held-out `RoutingUnits` (from `make_units`).
-      costs: [max_models] the decision costs used for calibration.
+      costs: [max_models] the decision costs used for calibration, or [n_units, max_models]
+        per-request costs (those of the prompts routed now).
       key: optional PRNG key; when given, also draws the randomisation once, each unit
         independently taking the higher-cost decision with probability `p_high` (give per-prompt
         units, `make_units(None, ...)`, for a per-prompt draw).
@@ -657,7 +661,8 @@ def route_calibrated(
     Args:
       calibration: from `calibrate`, one row per pool.
       estimates: [n_prompts, max_models] estimated error of each model on each prompt.
-      costs: [max_models] the decision costs used for calibration.
+      costs: [max_models] the decision costs used for calibration, or [n_units, max_models]
+        per-request costs (those of the prompts routed now).
       key: PRNG key (`jax.random.key(seed)`).
       pool_masks: optional [n_pools, max_models] bool (default: one pool of every model).
 
@@ -670,8 +675,7 @@ def route_calibrated(
     dtype = _float_dtype()
     est = validation.float_array(estimates, "estimates", ndim=2, dtype=dtype)
     max_models = est.shape[1]
-    costs = validation.nonnegative(validation.float_array(costs, "costs", shape=(max_models,), dtype=dtype),
-                                   "costs")
+    costs = check_costs(costs, est.shape[0], max_models, dtype=dtype)
     masks = np.ones((1, max_models), bool) if pool_masks is None else validation.bool_array(
         pool_masks, "pool_masks", shape=(None, max_models))
     empty = np.flatnonzero(~masks.any(axis=1))

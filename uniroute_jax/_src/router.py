@@ -384,8 +384,9 @@ class UniRouter:
     def _model_mask(self, pool: Pool, models: Sequence[str] | None) -> np.ndarray:
         return np.ones(len(pool), bool) if models is None else pool.masks([models])[0]
 
-    def route(self, embeddings: ArrayLike, pool: Pool, lam: float, *, models: Sequence[str] | None = None) -> Routing:
-        """Sends each prompt to `argmin_h Phi(x) . Psi(h) + lam * cost(h)` over the pool.
+    def route(self, embeddings: ArrayLike, pool: Pool, lam: float, *, models: Sequence[str] | None = None,
+              request_costs: ArrayLike | None = None) -> Routing:
+        """Sends each prompt to `argmin_h Phi(x) . Psi(h) + lam * cost(x, h)` over the pool.
 
         Ties go to the cheaper model, then to the lower row.
 
@@ -394,6 +395,9 @@ class UniRouter:
           pool: a `Pool` built by this router (same clusters).
           lam: trade-off >= 0: 0 is the most accurate choice; larger values save cost.
           models: optional subset of the pool's names to route among.
+          request_costs: optional [n_prompts, n_models] cost of each request on each pool model
+            (e.g. from token counts and prices, see `request_costs`); default the pool's
+            per-model costs.
 
         Returns:
           `Routing(model, index, cluster)`, each `[n_prompts]`.
@@ -401,16 +405,28 @@ class UniRouter:
         check_pool(pool, self.n_clusters)
         lam = validation.nonnegative_float(lam, "lam")
         mask = self._model_mask(pool, models)
-        x = jnp.asarray(self._embeddings(embeddings))
+        x = self._embeddings(embeddings)
         fmap = self.feature_map
+        if request_costs is not None:
+            costs = self._request_costs(request_costs, x.shape[0], pool)
+            phi = fmap.features(x)
+            index = np.asarray(route_kernel(jnp.asarray(phi), jnp.asarray(pool.psi), jnp.asarray(costs),
+                                            jnp.asarray(mask), jnp.asarray(lam, jnp.float32)).choice)
+            cluster = fmap.assign(x) if fmap.hard else np.argmax(phi, axis=1).astype(np.int32)
+            return Routing(np.asarray(pool.names)[index], index, cluster)
         if fmap.hard:
-            out = route_embeddings_kernel(x, jnp.asarray(fmap.centroids), jnp.asarray(self._table(pool, lam, mask)),
-                                          metric=fmap.metric)
+            out = route_embeddings_kernel(jnp.asarray(x), jnp.asarray(fmap.centroids),
+                                          jnp.asarray(self._table(pool, lam, mask)), metric=fmap.metric)
         else:
-            out = _route_soft_kernel(fmap.params, x, jnp.asarray(pool.psi), jnp.asarray(pool.costs),
+            out = _route_soft_kernel(fmap.params, jnp.asarray(x), jnp.asarray(pool.psi), jnp.asarray(pool.costs),
                                      jnp.asarray(mask), jnp.asarray(lam, jnp.float32), metric=fmap.metric)
         index, cluster = (np.asarray(a) for a in out)
         return Routing(np.asarray(pool.names)[index], index, cluster)
+
+    @staticmethod
+    def _request_costs(request_costs: ArrayLike, n_prompts: int, pool: Pool) -> np.ndarray:
+        rc = validation.float_array(request_costs, "request_costs", shape=(n_prompts, len(pool)))
+        return validation.nonnegative(rc, "request_costs")
 
     def _table(self, pool: Pool, lam: float, mask: np.ndarray) -> np.ndarray:
         # One decision per cluster: no [n_prompts, n_models] score matrix is ever built.
@@ -441,20 +457,29 @@ class UniRouter:
 
     # ------------------------------------------------------------------------------ curves
 
-    def _units(self, embeddings: ArrayLike, pool: Pool, quality, prompt_costs) -> tuple[np.ndarray, RoutingUnits]:
-        """`(estimates [n_units, n_models], units)`: one unit per cluster (hard map) or per prompt (soft)."""
+    def _units(self, embeddings: ArrayLike, pool: Pool, quality, prompt_costs, request_costs=None):
+        """`(estimates [n_units, n_models], units, decision costs)`: one unit per cluster (hard map,
+        per-model costs) or per prompt (soft map, or per-request costs)."""
         check_pool(pool, self.n_clusters)
         x = self._embeddings(embeddings)
         check_prompt_tables(x.shape[0], pool, quality=quality, prompt_costs=prompt_costs)
-        if self.feature_map.hard:
+        if request_costs is not None:
+            costs = self._request_costs(request_costs, x.shape[0], pool)
+            # Unless told otherwise, a request costs what the router was told it would.
+            prompt_costs = costs if prompt_costs is None else prompt_costs
+        else:
+            costs = pool.costs
+        if self.feature_map.hard and request_costs is None:
             labels = self.feature_map.assign(x)
             units = make_units(labels, n_units=self.n_clusters, quality=quality, prompt_costs=prompt_costs,
                                costs=pool.costs)
-            return pool.psi.T, units
+            return pool.psi.T, units, costs
         if quality is None and prompt_costs is None:
             prompt_costs = np.broadcast_to(pool.costs, (x.shape[0], len(pool)))
         units = make_units(None, quality=quality, prompt_costs=prompt_costs, costs=pool.costs)
-        return self.feature_map.features(x) @ pool.psi.T, units
+        estimates = pool.psi.T[self.feature_map.assign(x)] if self.feature_map.hard else (
+            self.feature_map.features(x) @ pool.psi.T)
+        return estimates, units, costs
 
     def sweep(
         self,
@@ -466,6 +491,7 @@ class UniRouter:
         prompt_costs: ArrayLike | None = None,
         subsets: Sequence[Sequence[str]] | np.ndarray | None = None,
         n_budgets: int = 256,
+        request_costs: ArrayLike | None = None,
     ) -> Curves:
         """Cost-quality curves over many budgets and sub-pools in one jitted call.
 
@@ -479,15 +505,18 @@ class UniRouter:
           subsets: optional pools as lists of names, or an `[n_pools, n_models]` bool mask
             (default: the whole pool).
           n_budgets: grid size when `lams` is None.
+          request_costs: optional [n_prompts, n_models] cost per request the router decides with
+            (default: the pool's per-model costs); also the realised cost unless `prompt_costs`
+            is given.
 
         Returns:
           `Curves` with `[n_pools, n_budgets]` arrays.
         """
-        est, units = self._units(embeddings, pool, quality, prompt_costs)
+        est, units, costs = self._units(embeddings, pool, quality, prompt_costs, request_costs)
         lams = lambda_grid(pool.costs, n_budgets) if lams is None else lams
         masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
         # Read every budget off the exact curve: one pass per pool whatever the number of budgets.
-        result = sweep(est, units, pool.costs, lams, pool_masks=masks, method="breakpoints")
+        result = sweep(est, units, costs, lams, pool_masks=masks, method="breakpoints")
         return _to_curves(lams, result, masks, quality is not None)
 
     def exact_curve(
@@ -498,15 +527,16 @@ class UniRouter:
         quality: ArrayLike | None = None,
         prompt_costs: ArrayLike | None = None,
         subsets: Sequence[Sequence[str]] | np.ndarray | None = None,
+        request_costs: ArrayLike | None = None,
     ) -> ExactCurve:
         """Every operating point of the router, over all `lambda >= 0`, for each sub-pool.
 
         Same arguments as `sweep` without a grid: the result lists each breakpoint where some
         unit's decision changes (at most `n_units * (n_models - 1)`), see `curves.exact_curve`.
         """
-        est, units = self._units(embeddings, pool, quality, prompt_costs)
+        est, units, costs = self._units(embeddings, pool, quality, prompt_costs, request_costs)
         masks = np.ones((1, len(pool)), bool) if subsets is None else pool.masks(subsets)
-        return exact_curve(est, units, pool.costs, pool_masks=masks)
+        return exact_curve(est, units, costs, pool_masks=masks)
 
     def calibrate(
         self,
@@ -518,6 +548,7 @@ class UniRouter:
         labels: ArrayLike | None = None,
         prompt_costs: ArrayLike | None = None,
         models: Sequence[str] | None = None,
+        request_costs: ArrayLike | None = None,
     ) -> Calibration:
         """The `lambda` (and mix of two neighbouring decisions) meeting a target on calibration prompts.
 
@@ -529,22 +560,26 @@ class UniRouter:
           labels: optional [n_prompts, n_models] quality of the pool's models on these prompts.
           prompt_costs: optional [n_prompts, n_models] realised cost per prompt.
           models: optional subset of the pool's names.
+          request_costs: optional [n_prompts, n_models] cost per request the router decides with.
 
         Returns:
           A one-pool `Calibration` (see `curves.calibrate`), for `route_calibrated`.
         """
         subsets = None if models is None else [list(models)]
-        exact = self.exact_curve(embeddings, pool, quality=labels, prompt_costs=prompt_costs, subsets=subsets)
+        exact = self.exact_curve(embeddings, pool, quality=labels, prompt_costs=prompt_costs, subsets=subsets,
+                                 request_costs=request_costs)
         return calibrate(exact, cost=cost, quality=quality)
 
     def route_calibrated(self, embeddings: ArrayLike, pool: Pool, calibration: Calibration, *, seed: int = 0,
-                         models: Sequence[str] | None = None) -> Routing:
+                         models: Sequence[str] | None = None, request_costs: ArrayLike | None = None) -> Routing:
         """Routes with a calibration from `calibrate`: each prompt takes the higher-cost decision
-        with the calibrated probability, so the mean cost meets the target in expectation."""
+        with the calibrated probability, so the mean cost meets the target in expectation.
+        `request_costs` ([n_prompts, n_models]) as in `route`."""
         est = self.estimates(embeddings, pool)
+        costs = pool.costs if request_costs is None else self._request_costs(request_costs, est.shape[0], pool)
         mask = self._model_mask(pool, models)[None, :]
         key = jax.random.key(validation.positive_int(seed, "seed", minimum=0))
-        index = np.asarray(route_calibrated(calibration, est, pool.costs, key, pool_masks=mask).choice)[0]
+        index = np.asarray(route_calibrated(calibration, est, costs, key, pool_masks=mask).choice)[0]
         x = self._embeddings(embeddings)
         cluster = self.feature_map.assign(x) if self.feature_map.hard else np.argmax(
             self.feature_map.features(x), axis=1).astype(np.int32)

@@ -19,7 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uniroute_jax._src import validation
-from uniroute_jax._src.decisions import argmin_ordered, cheapest_first, choose
+from uniroute_jax._src.decisions import argmin_ordered, cheapest_first, choose, cost_rows
 
 
 class RouteResult(NamedTuple):
@@ -53,17 +53,21 @@ def route_kernel(phi: jax.Array, psi: jax.Array, costs: jax.Array, model_mask: j
     Args:
       phi: [n_prompts, n_clusters] prompt features (one-hot or soft).
       psi: [max_models, n_clusters] estimated error rates.
-      costs: [max_models] cost per query.
+      costs: [max_models] cost per query, or [n_prompts, max_models] cost per request.
       model_mask: [max_models] bool, True for models in the pool.
       lam: [] trade-off, >= 0.
     """
-    scores = phi @ psi.T + lam * costs[None, :]
+    scores = phi @ psi.T + lam * cost_rows(costs)
     return RouteResult(choose(scores, costs, model_mask), jnp.any(model_mask))
 
 
 def _sweep_one(estimates, units: RoutingUnits, costs, model_mask, lam):
-    """One (pool, budget); the model axis of every argument is already cheapest-first."""
-    choice = argmin_ordered(estimates + lam * costs[None, :], model_mask)
+    """One (pool, budget). With per-model costs the model axis of every argument is already
+    cheapest-first; per-request costs `[n_units, max_models]` order each row in `choose`."""
+    if costs.ndim == 1:
+        choice = argmin_ordered(estimates + lam * costs[None, :], model_mask)
+    else:
+        choice = choose(estimates + lam * costs, costs, model_mask)
     safe = jnp.maximum(choice, 0)[:, None]
     total = jnp.sum(units.weight)
     pick = lambda table: jnp.sum(jnp.take_along_axis(table, safe, axis=1)[:, 0]) / total
@@ -81,16 +85,18 @@ def sweep_kernel(estimates: jax.Array, units: RoutingUnits, costs: jax.Array, po
     Args:
       estimates: [n_units, max_models] estimated error of each model on each unit (`Phi . Psi`).
       units: `RoutingUnits` with `n_units` rows over `max_models` models.
-      costs: [max_models] the per-query costs the router decides with.
+      costs: [max_models] the per-query costs the router decides with, or [n_units, max_models]
+        per-request costs.
       pool_masks: [n_pools, max_models] bool.
       lams: [n_budgets] trade-offs.
       pool_batch: pools vmapped together inside a sequential map; bounds peak memory at about
         `pool_batch * n_budgets * n_units * max_models` scores.
     """
-    # Put the model axis in (cost, index) order once, so each decision is a single argmin.
-    order = cheapest_first(costs)
-    estimates, costs, pool_masks = estimates[:, order], costs[order], pool_masks[:, order]
-    units = RoutingUnits(units.weight, units.quality_sums[:, order], units.cost_sums[:, order])
+    if costs.ndim == 1:
+        # Put the model axis in (cost, index) order once, so each decision is a single argmin.
+        order = cheapest_first(costs)
+        estimates, costs, pool_masks = estimates[:, order], costs[order], pool_masks[:, order]
+        units = RoutingUnits(units.weight, units.quality_sums[:, order], units.cost_sums[:, order])
     per_budget = jax.vmap(_sweep_one, in_axes=(None, None, None, None, 0))
     cost, quality, err = jax.lax.map(lambda mask: per_budget(estimates, units, costs, mask, lams), pool_masks,
                                      batch_size=pool_batch)
@@ -106,12 +112,13 @@ def sweep_pool_batch(n_budgets: int, n_units: int, max_models: int, n_pools: int
 # ---------------------------------------------------------------- checked entry points
 
 
-def _check_pool(psi, costs):
-    psi = validation.float_array(psi, "psi", ndim=2)
-    validation.unit_interval(psi, "psi")
-    max_models = psi.shape[0]
-    costs = validation.nonnegative(validation.float_array(costs, "costs", shape=(max_models,)), "costs")
-    return psi, costs
+def check_costs(costs, n_rows: int, max_models: int, *, dtype=np.float32) -> np.ndarray:
+    """Decision costs, `[max_models]` per model or `[n_rows, max_models]` per request, checked >= 0."""
+    arr = validation.float_array(costs, "costs", dtype=dtype)
+    if arr.shape not in ((max_models,), (n_rows, max_models)):
+        raise ValueError(f"costs must have shape ({max_models},) (one per model) or ({n_rows}, {max_models}) "
+                         f"(one per request and model), got shape {arr.shape}")
+    return validation.nonnegative(arr, "costs")
 
 
 def route(
@@ -122,14 +129,14 @@ def route(
     *,
     model_mask: ArrayLike | None = None,
 ) -> RouteResult:
-    """Routes each prompt to `argmin_m phi . psi[m] + lam * costs[m]` over the pool's models.
+    """Routes each prompt to `argmin_m phi . psi[m] + lam * cost[m]` over the pool's models.
 
     Ties go to the cheaper model, then to the lower index.
 
     Args:
       phi: [n_prompts, n_clusters] prompt features (one-hot rows for k-means clusters).
       psi: [max_models, n_clusters] per-cluster error rates of the model table.
-      costs: [max_models] cost per query, >= 0.
+      costs: [max_models] cost per query, or [n_prompts, max_models] cost per request; >= 0.
       lam: trade-off >= 0; 0 picks the lowest estimated error, large values the cheapest model.
       model_mask: optional [max_models] bool, True for models in the pool (default: all).
 
@@ -140,10 +147,11 @@ def route(
     Raises:
       ValueError / TypeError naming the argument.
     """
-    psi, costs = _check_pool(psi, costs)
+    psi = validation.unit_interval(validation.float_array(psi, "psi", ndim=2), "psi")
     phi = validation.float_array(phi, "phi", ndim=2)
     if phi.shape[1] != psi.shape[1]:
         raise ValueError(f"phi has shape {phi.shape} but psi has {psi.shape[1]} clusters")
+    costs = check_costs(costs, phi.shape[0], psi.shape[0])
     mask = np.ones(psi.shape[0], bool) if model_mask is None else validation.bool_array(
         model_mask, "model_mask", shape=(psi.shape[0],))
     if not mask.any():
@@ -211,7 +219,7 @@ def check_sweep(estimates, units: RoutingUnits, costs, lams, pool_masks):
     `(estimates, costs, lams, pool_masks)`, the masks defaulting to one pool of every model."""
     n_units, max_models = units.quality_sums.shape
     est = validation.float_array(estimates, "estimates", shape=(n_units, max_models))
-    costs = validation.nonnegative(validation.float_array(costs, "costs", shape=(max_models,)), "costs")
+    costs = check_costs(costs, n_units, max_models)
     lams = validation.nonnegative(validation.float_array(lams, "lams", ndim=1), "lams")
     if lams.size == 0:
         raise ValueError("lams must hold at least one value")

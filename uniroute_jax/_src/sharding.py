@@ -225,7 +225,7 @@ def sharded_sweep(
     Args:
       estimates: [n_units, max_models] estimated error of each model on each unit.
       units: from `make_units`.
-      costs: [max_models] per-query costs the router decides with, >= 0.
+      costs: [max_models] per-query costs the router decides with, or [n_units, max_models]; >= 0.
       lams: [n_budgets] trade-offs >= 0.
       pool_masks: optional [n_pools, max_models] bool (default: one pool of every model).
       mesh: a 1-D `jax.sharding.Mesh` (default: `pool_mesh()`, every device).
@@ -274,7 +274,7 @@ def sharded_exact_curve(
     Args:
       estimates: [n_units, max_models] estimated error of each model on each unit.
       units: from `make_units`.
-      costs: [max_models] per-query costs the router decides with, >= 0.
+      costs: [max_models] per-query costs the router decides with, or [n_units, max_models]; >= 0.
       pool_masks: optional [n_pools, max_models] bool (default: one pool of every model).
       mesh: a 1-D `jax.sharding.Mesh` (default: `pool_mesh()`, every device).
 

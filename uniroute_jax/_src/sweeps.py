@@ -30,7 +30,7 @@ def sweep(
       estimates: [n_units, max_models] estimated error of each model on each unit: `psi.T` for
         hard clusters, `phi @ psi.T` for soft features.
       units: from `make_units`.
-      costs: [max_models] per-query costs the router decides with.
+      costs: [max_models] per-query costs the router decides with, or [n_units, max_models] per request.
       lams: [n_budgets] trade-offs >= 0.
       pool_masks: optional [n_pools, max_models] bool (default: one pool of every model).
       method: "direct" decides every (unit, budget) with its own argmin, `O(n_pools * n_budgets *
