@@ -53,6 +53,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax.typing import ArrayLike
 
@@ -148,6 +149,15 @@ def _pad_leading(x, multiple: int):
         return x
     xp = jnp if isinstance(x, jax.Array) else np  # jnp keeps typed PRNG keys intact
     return xp.concatenate([x, xp.repeat(x[:1], pad, axis=0)], axis=0)
+
+
+def _addressable(tree):
+    """`tree` as arrays every process can read: with several processes, blocks held by other
+    hosts' devices are gathered (host NumPy arrays, the same on every process); one process keeps
+    its device arrays."""
+    if jax.process_count() == 1:
+        return tree
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _cut(tree, n: int):
@@ -347,7 +357,8 @@ def trial_vmap(fn: Callable, in_axes: int | None | Sequence[int | None] = 0, *,
     Returns:
       A function with `fn`'s positional arguments whose outputs are `[n_trials, ...]`, equal to
       `jax.vmap(fn, in_axes)`'s; replicated on every device unless `n_trials` is a multiple of the
-      device count (then split over the mesh).
+      device count (then split over the mesh). With several processes the outputs are gathered
+      to host arrays that every process holds in full.
 
     Raises:
       ValueError / TypeError for a bad `in_axes` or `mesh` (at once) or arguments that disagree
@@ -396,6 +407,6 @@ def trial_vmap(fn: Callable, in_axes: int | None | Sequence[int | None] = 0, *,
         (n_trials,) = sizes
         placed = iter(shard_trials(mapped, mesh))
         full = tuple(next(placed) if ax == 0 else _replicate(a, mesh) for a, ax in zip(args, arg_axes))
-        return _cut(run(*full), n_trials)
+        return _cut(_addressable(run(*full)), n_trials)
 
     return wrapped
