@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import uniroute_jax as ur
+
+sys.path.insert(0, str(Path(__file__).parent))
+from problems import clustered_data, routing_problem, sweep_problem  # noqa: E402
 
 SIZES = {
     "smoke": dict(
@@ -69,20 +75,29 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def clustered_data(n: int, dim: int, n_centers: int, seed: int = 0) -> np.ndarray:
-    """Unit-norm points around `n_centers` directions, like sentence embeddings of mixed tasks."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_centers, dim))
-    x = centers[rng.integers(0, n_centers, n)] + 0.6 * rng.normal(size=(n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+BASELINE_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def baseline(case: str, **params) -> tuple[dict, dict]:
+    """Runs `numpy_baselines.py CASE` in its own process, without the OpenBLAS overrides.
+
+    Returns `(its JSON: timings, BLAS kernel, versions; its saved output arrays)`.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in BASELINE_UNSET}
+    with tempfile.TemporaryDirectory() as tmp:
+        save = Path(tmp) / "out.npz"
+        res = subprocess.run([sys.executable, str(Path(__file__).parent / "numpy_baselines.py"), case,
+                              json.dumps(params), "--save", str(save)], capture_output=True, text=True, env=env)
+        if res.returncode != 0:
+            raise RuntimeError(f"baseline {case} failed: {res.stderr[-3000:]}")
+        arrays = dict(np.load(save)) if save.exists() else {}
+    return json.loads(res.stdout.strip().splitlines()[-1]), arrays
 
 
 # --------------------------------------------------------------------------------- k-means
 
 
 def bench_kmeans(n: int, dim: int, k: int, n_init: int, repeats: int) -> dict:
-    from sklearn.cluster import KMeans
-
     x = clustered_data(n, dim, n_centers=2 * k)
     seeds = iter(range(100))
     ours_result = {}
@@ -92,108 +107,57 @@ def bench_kmeans(n: int, dim: int, k: int, n_init: int, repeats: int) -> dict:
         ours_result["inertia"] = res.inertia
         return res.inertia
 
-    def theirs():
-        ours_result["sk"] = KMeans(k, n_init=n_init, tol=1e-4, random_state=next(seeds)).fit(x)
-        return 0
-
     t_ours = timed(ours, repeats)
-    t_sk = timed(theirs, repeats)
+    sk, _ = baseline("kmeans", n=n, dim=dim, k=k, n_init=n_init, repeats=repeats)
     inertia_ours = float(ours_result["inertia"])
-    inertia_sk = float(ours_result["sk"].inertia_)
     return {
         "case": f"k-means {n}x{dim}, K={k}, n_init={n_init} (init included)",
-        "ours": t_ours, "baseline": t_sk, "baseline_name": "scikit-learn KMeans (lloyd)",
-        "speedup": t_sk["median_s"] / t_ours["median_s"],
-        "inertia_ratio": inertia_ours / inertia_sk,
+        "ours": t_ours, "baseline": sk["lloyd"], "baseline_name": "scikit-learn KMeans (lloyd)",
+        "baseline_blas": sk["blas"],
+        "speedup": sk["lloyd"]["median_s"] / t_ours["median_s"],
+        "inertia_ratio": inertia_ours / sk["lloyd"]["inertia"],
     }
 
 
 # ----------------------------------------------------------------------------------- sweep
 
 
-def sweep_problem(n_pools, n_budgets, n_prompts, n_clusters, max_models, seed=0):
-    rng = np.random.default_rng(seed)
-    psi = rng.uniform(0.05, 0.6, (max_models, n_clusters)).astype(np.float32)
-    costs = np.exp(rng.normal(size=max_models)).astype(np.float32)
-    labels = rng.integers(0, n_clusters, n_prompts).astype(np.int32)
-    quality = (rng.random((n_prompts, max_models)) < 1 - psi.T[labels]).astype(np.float32)
-    sizes = rng.integers(2, max_models + 1, n_pools)
-    masks = np.zeros((n_pools, max_models), bool)
-    for p, s in enumerate(sizes):
-        masks[p, rng.choice(max_models, s, replace=False)] = True
-    lams = ur.lambda_grid(costs, n_budgets)
-    return psi, costs, labels, quality, masks, lams
-
-
-def numpy_loop_sweep(psi, costs, labels, quality, masks, lams, pairs=None):
-    """How peer libraries build curves: for each pool and budget, score every prompt, take argmin."""
-    est = psi.T[labels]  # [n_prompts, max_models]
-    rows = np.arange(len(labels))
-    out = np.zeros((len(masks), len(lams), 2))
-    todo = [(p, b) for p in range(len(masks)) for b in range(len(lams))]
-    for p, b in todo[:pairs]:
-        scores = np.where(masks[p], est + lams[b] * costs, np.inf)
-        choice = scores.argmin(1)
-        out[p, b] = costs[choice].mean(), quality[rows, choice].mean()
-    return out
-
-
-def numpy_vectorised_sweep(psi, costs, labels, quality, masks, lams):
-    """The best NumPy we could write: per-cluster decisions for all budgets of a pool at once."""
-    k = psi.shape[1]
-    weight = np.bincount(labels, minlength=k)
-    q_sums = np.zeros((k, psi.shape[0]))
-    np.add.at(q_sums, labels, quality)
-    out = np.zeros((len(masks), len(lams), 2))
-    for p, mask in enumerate(masks):
-        scores = psi.T[None] + lams[:, None, None] * costs[None, None]  # [B, K, M]
-        choice = np.where(mask, scores, np.inf).argmin(-1)  # [B, K]
-        out[p, :, 0] = (weight[None] * costs[choice]).sum(1) / len(labels)
-        out[p, :, 1] = np.take_along_axis(q_sums[None].repeat(len(lams), 0), choice[..., None], 2)[..., 0].sum(1) / len(labels)
-    return out
-
-
 def bench_sweep(n_pools, n_budgets, n_prompts, n_clusters, max_models, loop_pairs, repeats) -> dict:
     psi, costs, labels, quality, masks, lams = sweep_problem(n_pools, n_budgets, n_prompts, n_clusters, max_models)
     units = ur.make_units(labels, n_units=n_clusters, quality=quality, costs=costs)
 
-    def ours():
-        return ur.sweep(psi.T, units, costs, lams, pool_masks=masks).mean_cost
-
-    t_ours = timed(ours, repeats)
+    t_ours = timed(lambda: ur.sweep(psi.T, units, costs, lams, pool_masks=masks).mean_cost, repeats)
     t_bp = timed(lambda: ur.sweep(psi.T, units, costs, lams, pool_masks=masks, method="breakpoints").mean_cost,
                  repeats)
     res = ur.sweep(psi.T, units, costs, lams, pool_masks=masks)
     res_bp = ur.sweep(psi.T, units, costs, lams, pool_masks=masks, method="breakpoints")
     # The per-cluster units are summed on the host once per test set: time it as part of ours.
     t_units = timed(lambda: ur.make_units(labels, n_units=n_clusters, quality=quality, costs=costs).weight, 1)
-
-    total_pairs = n_pools * n_budgets
-    pairs = total_pairs if loop_pairs is None else min(loop_pairs, total_pairs)
-    t0 = time.perf_counter()
-    loop = numpy_loop_sweep(psi, costs, labels, quality, masks, lams, pairs)
-    t_loop = (time.perf_counter() - t0) * total_pairs / pairs
-    t_vec = timed(lambda: numpy_vectorised_sweep(psi, costs, labels, quality, masks, lams), 1)
-    vec = numpy_vectorised_sweep(psi, costs, labels, quality, masks, lams)
-
+    np_res, np_out = baseline("sweep", n_pools=n_pools, n_budgets=n_budgets, n_prompts=n_prompts,
+                              n_clusters=n_clusters, max_models=max_models, loop_pairs=loop_pairs, repeats=repeats)
+    pairs = np_res["loop_pairs_timed"]
     p_idx, b_idx = np.unravel_index(np.arange(pairs), (n_pools, n_budgets))
-    max_diff_loop = float(np.abs(np.asarray(res.mean_cost)[p_idx, b_idx] - loop[p_idx, b_idx, 0]).max())
-    max_diff_vec = float(np.abs(np.asarray(res.mean_quality) - vec[..., 1]).max())
-    ours_total = t_ours["median_s"] + t_units["median_s"]
-    bp_total = t_bp["median_s"] + t_units["median_s"]
-    max_diff_bp_loop = float(np.abs(np.asarray(res_bp.mean_cost)[p_idx, b_idx] - loop[p_idx, b_idx, 0]).max())
+    ours_direct, ours_bp = t_ours["median_s"] + t_units["median_s"], t_bp["median_s"] + t_units["median_s"]
+    t_vec, t_np_bp = np_res["vectorised"]["median_s"], np_res["breakpoints"]["median_s"]
+    diff = lambda ours, theirs: float(np.abs(np.asarray(ours)[p_idx, b_idx] - theirs[p_idx, b_idx]).max())
     return {
         "case": f"sweep {n_pools} pools x {n_budgets} budgets x {n_prompts} prompts, K={n_clusters}, "
                 f"max_models={max_models}",
         "ours": t_ours, "ours_breakpoints": t_bp, "make_units_s": t_units["median_s"],
-        "numpy_loop_s": t_loop, "numpy_loop_pairs_timed": pairs,
-        "numpy_vectorised_s": t_vec["median_s"],
-        "speedup_vs_loop": t_loop / ours_total,
-        "speedup_vs_vectorised": t_vec["median_s"] / ours_total,
-        "breakpoints_speedup_vs_loop": t_loop / bp_total,
-        "breakpoints_speedup_vs_vectorised": t_vec["median_s"] / bp_total,
-        "max_abs_diff_breakpoints_vs_loop_cost": max_diff_bp_loop,
-        "max_abs_diff_vs_loop_cost": max_diff_loop, "max_abs_diff_vs_vectorised_quality": max_diff_vec,
+        "numpy_loop_s": np_res["loop_s"], "numpy_loop_pairs_timed": pairs,
+        "numpy_vectorised_s": t_vec, "numpy_breakpoints_s": t_np_bp, "baseline_blas": np_res["blas"],
+        "speedup_vs_loop": np_res["loop_s"] / ours_direct,
+        "speedup_vs_vectorised": t_vec / ours_direct,
+        "breakpoints_speedup_vs_loop": np_res["loop_s"] / ours_bp,
+        "breakpoints_speedup_vs_vectorised": t_vec / ours_bp,
+        # What the algorithm buys (NumPy direct -> NumPy breakpoints) and what JAX buys (same algorithm).
+        "algorithm_speedup_numpy": t_vec / t_np_bp,
+        "jax_speedup_same_algorithm": t_np_bp / ours_bp,
+        "max_abs_diff_vs_loop_cost": diff(res.mean_cost, np_out["loop"][..., 0]),
+        "max_abs_diff_breakpoints_vs_loop_cost": diff(res_bp.mean_cost, np_out["loop"][..., 0]),
+        "max_abs_diff_breakpoints_vs_numpy_breakpoints_cost": float(
+            np.abs(np.asarray(res_bp.mean_cost) - np_out["breakpoints"][..., 0]).max()),
+        "max_abs_diff_vs_vectorised_quality": float(np.abs(np.asarray(res.mean_quality) - np_out["vectorised"][..., 1]).max()),
     }
 
 
@@ -209,17 +173,14 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def bench_routing(batch: int, dim: int, k: int, n_models: int, latency_calls: int, repeats: int) -> dict:
-    from uniroute_jax._src.router import route_embeddings_kernel
+    from uniroute_jax.kernels import route_embeddings_kernel
 
-    rng = np.random.default_rng(0)
-    centroids = clustered_data(k, dim, k)
-    psi = rng.uniform(0.05, 0.6, (n_models, k)).astype(np.float32)
-    pool = ur.Pool(tuple(f"m{i}" for i in range(n_models)), np.exp(rng.normal(size=n_models)), psi,
-                   np.ones_like(psi), psi)
+    centroids, psi, costs, x_host = routing_problem(batch, dim, k, n_models)
+    pool = ur.Pool(tuple(f"m{i}" for i in range(n_models)), costs, psi, np.ones_like(psi), psi)
     router = ur.UniRouter(centroids, "cosine")
     table = jnp.asarray(router.decision_table(pool, 0.3))
     c = jnp.asarray(centroids)
-    x_big = jax.device_put(clustered_data(batch, dim, k, seed=1))
+    x_big = jax.device_put(x_host)
     kernel = lambda x: route_embeddings_kernel(x, c, table, metric="cosine")[0]
     t_batch = timed(lambda: kernel(x_big), repeats)
     # Batch 1 latency: one host array in, one decision out, as a server would call it.
@@ -244,9 +205,14 @@ def bench_routing(batch: int, dim: int, k: int, n_models: int, latency_calls: in
         lat_api.append(time.perf_counter() - t0)
     flops = 2 * batch * dim * k / t_batch["median_s"]
     peak = matmul_peak_flops()
+    np_res, np_out = baseline("routing", batch=batch, dim=dim, k=k, n_models=n_models,
+                              table=np.asarray(table).tolist(), repeats=repeats)
     return {
         "case": f"routing, batch {batch}, {dim}-d, K={k}, {n_models} models (nearest centroid + table lookup)",
         "ours": t_batch, "routes_per_s": batch / t_batch["median_s"],
+        "numpy_routes_per_s": np_res["routes_per_s"], "baseline_blas": np_res["blas"],
+        "speedup_vs_numpy": np_res["routes_per_s"] / (batch / t_batch["median_s"]),
+        "decisions_equal_numpy": bool(np.array_equal(np.asarray(kernel(x_big)), np_out["rows"])),
         "gflops_achieved": flops / 1e9, "gflops_matmul_peak_measured": peak / 1e9,
         "latency_batch1_p50_us": 1e6 * float(np.percentile(lat, 50)),
         "latency_batch1_p99_us": 1e6 * float(np.percentile(lat, 99)),
@@ -271,7 +237,12 @@ def bench_exact(n_pools, n_clusters, max_models, grid_points, repeats) -> dict:
     # Every grid point must be one of the exact curve's points (the exact curve evaluated there).
     at = ur.curve_at(exact, lams)
     n_valid = np.asarray(exact.valid).sum(1)
+    np_res, _ = baseline("exact", n_pools=n_pools, n_clusters=n_clusters, max_models=max_models,
+                         grid_points=grid_points, repeats=repeats)
     return {
+        "numpy_breakpoints": np_res["breakpoints"], "baseline_blas": np_res["blas"],
+        "speedup_vs_numpy_same_algorithm": np_res["breakpoints"]["median_s"] / t_exact["median_s"],
+        "numpy_points_per_pool_median": np_res["points_per_pool_median"],
         "case": f"exact curve vs {grid_points}-point grid, {n_pools} pools x {n_clusters} clusters x "
                 f"{max_models} models",
         "ours": t_exact, "baseline": t_grid, "baseline_name": f"routing.sweep on {grid_points} lambdas",

@@ -1,0 +1,41 @@
+"""Benchmark inputs, generated the same way (same seeds, NumPy only) in the JAX process and in the
+baselines' process, so both sides time the same problem."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def clustered_data(n: int, dim: int, n_centers: int, seed: int = 0) -> np.ndarray:
+    """Unit-norm points around `n_centers` directions, like sentence embeddings of mixed tasks."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_centers, dim))
+    x = centers[rng.integers(0, n_centers, n)] + 0.6 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def sweep_problem(n_pools, n_budgets, n_prompts, n_clusters, max_models, seed=0):
+    """`(psi [M, K], costs [M], labels [n], quality [n, M], masks [P, M], lams [B])` of a random pool table."""
+    rng = np.random.default_rng(seed)
+    psi = rng.uniform(0.05, 0.6, (max_models, n_clusters)).astype(np.float32)
+    costs = np.exp(rng.normal(size=max_models)).astype(np.float32)
+    labels = rng.integers(0, n_clusters, n_prompts).astype(np.int32)
+    quality = (rng.random((n_prompts, max_models)) < 1 - psi.T[labels]).astype(np.float32)
+    sizes = rng.integers(2, max_models + 1, n_pools)
+    masks = np.zeros((n_pools, max_models), bool)
+    for p, s in enumerate(sizes):
+        masks[p, rng.choice(max_models, s, replace=False)] = True
+    # The default grid of `uniroute_jax.lambda_grid`, written out so this module needs no JAX.
+    gaps = np.diff(np.unique(costs))
+    lams = np.concatenate([[0.0], np.geomspace(1e-4 / (costs.max() - costs.min()), 2.0 / gaps.min(),
+                                                n_budgets - 1)]).astype(np.float32)
+    return psi, costs, labels, quality, masks, lams
+
+
+def routing_problem(batch: int, dim: int, k: int, n_models: int):
+    """`(centroids [K, dim], psi [M, K], costs [M], x [batch, dim])` for the routing throughput case."""
+    rng = np.random.default_rng(0)
+    centroids = clustered_data(k, dim, k)
+    psi = rng.uniform(0.05, 0.6, (n_models, k)).astype(np.float32)
+    costs = np.exp(rng.normal(size=n_models)).astype(np.float32)
+    return centroids, psi, costs, clustered_data(batch, dim, k, seed=1)
