@@ -112,3 +112,21 @@ def test_two_processes_observing_one_file_lose_no_update(world, tmp_path):
     np.testing.assert_allclose(final.error_sums.sum(1) - pool.error_sums.sum(1), [13, 13, 0], atol=1e-4)
     assert loads > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.npz", "pool.npz.lock", "router.npz", "x.npy"]
+
+
+def test_observe_command_updates_the_file(world, tmp_path, capsys):
+    from uniroute_jax._src.cli import build_parser
+    from uniroute_jax._src.feedback import add_parser
+
+    router, x, q = world
+    router.save(tmp_path / "r.npz")
+    pool = router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0])
+    write_pool_atomic(pool, tmp_path / "p.npz")
+    np.save(tmp_path / "e.npy", x[800:803])
+    parser = build_parser()
+    add_parser(parser._subparsers._group_actions[0])  # what cli.py registers
+    args = parser.parse_args(["observe", "-r", str(tmp_path / "r.npz"), "-p", str(tmp_path / "p.npz"),
+                              "-e", str(tmp_path / "e.npy"), "--model", "b", "--correct", "1,0,1"])
+    assert args.func(args) == 0 and "3 observation(s)" in capsys.readouterr().out
+    np.testing.assert_allclose(ur.Pool.load(tmp_path / "p.npz").psi,
+                               observe(pool, router, x[800:803], "b", [1, 0, 1]).psi)

@@ -56,6 +56,7 @@ async def send(router, texts, concurrency=50):
     return await asyncio.gather(*(one(t) for t in texts))
 
 
+@pytest.mark.slow
 def test_routes_1000_requests_where_uniroute_decides(world):
     embedder, router, pool = world
     lam = 0.25
@@ -87,21 +88,22 @@ def test_per_request_costs_follow_a_numpy_twin(world):
     embedder, router, pool = world
     p = prices(NAMES, input_price=[1e-4, 4e-4, 1.2e-3], output_price=[2e-4, 8e-4, 2e-3],
                expected_output_tokens=[100, 150, 120])
-    tokens = lambda text: 10 * len(text.split())
     lam = 2.0
-    plugin = UniRoutePlugin(router, pool, lam=lam, model_groups=[GROUP], embedder=embedder, prices=p,
-                            count_tokens=tokens, embed_in_thread=False)
-    llm_router = litellm.Router(model_list=model_list(), plugins=[plugin])
-    base = make_texts(60, 11)
-    texts = base + [t + " " + " ".join(["the"] * 40) for t in base]  # the same prompts, longer
-    served = [s for s, _ in asyncio.run(send(llm_router, texts))]
+    texts = make_texts(80, 11)
     clusters = router.assign(embedder(texts))
-    expected = []
-    for text, k in zip(texts, clusters):
-        cost = tokens(text) * p.input_price + p.expected_output_tokens * p.output_price
-        expected.append(NAMES[int(np.argmin(pool.psi[:, k] + lam * cost))])
-    assert served == expected
-    assert served[:60] != served[60:]  # longer prompts cost more, and some go elsewhere
+    served = {}
+    for tokens_per_word in (5, 60):  # the same prompts, counted short or long
+        tokens = lambda text: tokens_per_word * len(text.split())
+        plugin = UniRoutePlugin(router, pool, lam=lam, model_groups=[GROUP], embedder=embedder, prices=p,
+                                count_tokens=tokens, embed_in_thread=False)
+        llm_router = litellm.Router(model_list=model_list(), plugins=[plugin])
+        served[tokens_per_word] = [s for s, _ in asyncio.run(send(llm_router, texts))]
+        expected = []
+        for text, k in zip(texts, clusters):
+            cost = tokens(text) * p.input_price + p.expected_output_tokens * p.output_price
+            expected.append(NAMES[int(np.argmin(pool.psi[:, k] + lam * cost))])
+        assert served[tokens_per_word] == expected
+    assert served[5] != served[60]  # longer prompts cost more, and some go elsewhere
 
 
 def test_falls_back_when_the_embedder_fails(world, caplog):
@@ -231,3 +233,22 @@ def test_real_minilm_routes_text(tmp_path):
     served = [s for s, _ in asyncio.run(send(llm_router, texts))]
     router, pool = ur.UniRouter.load(paths["router"]), ur.Pool.load(paths["pool"])
     assert served == list(router.route(ur.embed_texts(texts, embedder), pool, 0.3).model)
+
+
+def test_proxy_settings_from_the_environment(world, tmp_path):
+    embedder, router, pool = world
+    with pytest.raises(ValueError, match="set UNIROUTE_ROUTER and UNIROUTE_POOL"):
+        UniRoutePlugin.from_env({})
+    router.save(tmp_path / "r.npz")
+    pool.save(tmp_path / "p.npz")
+    (tmp_path / "sample.txt").write_text("\n".join(make_texts(50, 3)))
+    env = {"UNIROUTE_ROUTER": str(tmp_path / "r.npz"), "UNIROUTE_POOL": str(tmp_path / "p.npz"),
+           "UNIROUTE_LAM": "0.7", "UNIROUTE_MODEL_GROUPS": "a, b", "UNIROUTE_DEFAULT_MODEL": "llm-small"}
+    plugin = UniRoutePlugin.from_env(env)
+    assert plugin.lam == 0.7 and plugin.model_groups == {"a", "b"} and plugin.default_model == "llm-small"
+    assert plugin.snapshot.pool.names == pool.names
+    env = {**env, "UNIROUTE_TARGET_COST": "0.3"}
+    with pytest.raises(ValueError, match="UNIROUTE_CALIBRATION_PROMPTS"):
+        UniRoutePlugin.from_env(env)
+    plugin = UniRoutePlugin.from_env({**env, "UNIROUTE_CALIBRATION_PROMPTS": str(tmp_path / "sample.txt")})
+    assert plugin.lam is None and plugin.target_cost == 0.3 and len(plugin.calibration_prompts) == 50

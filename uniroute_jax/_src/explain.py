@@ -36,8 +36,8 @@ class Decision(NamedTuple):
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready trace: `{"model", "cluster", "lam", "candidates": [{name, error, cost, score}]}`."""
-        rows = [{"name": n, "error": round(float(e), 6), "cost": float(f"{c:.6g}"), "score": float(f"{s:.6g}")}
-                for n, e, c, s in zip(self.names, self.error, self.cost, self.score)]
+        rows = [{"name": n, "error": e, "cost": c, "score": s}
+                for n, e, c, s in zip(self.names, self.error.tolist(), self.cost.tolist(), self.score.tolist())]
         return {"model": self.model, "cluster": int(self.cluster), "lam": float(self.lam), "candidates": rows}
 
     def table(self) -> str:

@@ -152,3 +152,44 @@ def observe_file(pool_path: str | os.PathLike, router, embeddings: ArrayLike, mo
         new = observe(Pool.load(path), router, embeddings, model, correct)
         write_pool_atomic(new, path)
     return new
+
+
+# ------------------------------------------------------------------------------- command line
+
+
+def add_parser(sub) -> None:
+    """Registers `uniroute observe` on an argparse sub-parser collection."""
+    o = sub.add_parser("observe", help="fold served prompts' correctness into a pool file (locked, atomic)")
+    o.add_argument("--router", "-r", required=True)
+    o.add_argument("--pool", "-p", required=True, help="pool file to update in place")
+    src = o.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a served prompt (repeat for several)")
+    src.add_argument("--embeddings", "-e", help="[n_obs, dim] embeddings of the served prompts")
+    o.add_argument("--model", required=True, help="the pool model that answered")
+    o.add_argument("--correct", required=True,
+                   help="comma-separated quality in [0, 1], one per prompt (or a .npy/.csv file)")
+    o.add_argument("--model-dir", help="embedding model folder for --text (default: installed package)")
+    o.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
+    o.set_defaults(func=cmd_observe)
+
+
+def cmd_observe(args) -> int:
+    """`uniroute observe`: adds the labels to the pool file and prints the model's new totals."""
+    from uniroute_jax._src import cli  # noqa: PLC0415 (cli registers this command: import late)
+
+    router, _ = cli._load_router_pool(args, need_pool=False)
+    x = (cli._embed_texts(list(args.text), args) if args.text is not None
+         else cli.read_matrix(args.embeddings, "embeddings", key="embeddings"))
+    if Path(args.correct).suffix in (".npy", ".npz", ".csv"):
+        correct = cli.read_matrix(args.correct, "correct", key="correct").reshape(-1)
+    else:
+        try:
+            correct = [float(v) for v in args.correct.split(",")]
+        except ValueError:
+            raise cli.CLIError(f"correct: expected comma-separated numbers or a file, got {args.correct!r}") from None
+    pool = observe_file(args.pool, router, x, args.model, correct)
+    i = pool.names.index(args.model)
+    n, s = float(pool.counts[i].sum()), float(pool.error_sums[i].sum())
+    print(f"{args.model}: {len(correct)} observation(s) added to {args.pool}; "
+          f"{n:g} labels, overall error {s / max(n, 1e-12):.3f}")
+    return 0

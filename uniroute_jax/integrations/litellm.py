@@ -206,6 +206,7 @@ class UniRoutePlugin:
         self._last_check = -np.inf
         self._warned: set = set()
         self._calibrations: dict[tuple, Calibrated] = {}
+        self._candidate_cache: dict[tuple, tuple[list[int], list[str]]] = {}
         self._calibration_embeddings: np.ndarray | None = None
         self._version = 0
         self._reload(force=True)
@@ -313,6 +314,10 @@ class UniRoutePlugin:
 
     def candidates(self, snap: _Snapshot, group: str | None, candidate_models: Sequence[str]):
         """`(pool rows, deployment models)` of the candidates that have a row; warns once per set about the rest."""
+        key = (snap.version, group, tuple(candidate_models))
+        hit = self._candidate_cache.get(key)
+        if hit is not None:
+            return hit
         rows, kept, left_out = [], [], []
         for m in dict.fromkeys(candidate_models):
             r = self._pool_row(snap.pool, m)
@@ -321,11 +326,13 @@ class UniRoutePlugin:
             else:
                 rows.append(r)
                 kept.append(m)
-        key = (snap.version, group, tuple(candidate_models))
         if left_out and rows and key not in self._warned:
             self._warned.add(key)
             logger.warning("uniroute: model group %r: deployments %s have no row in the pool (or share one); "
                            "left out of UniRoute's choice", group, left_out)
+        if len(self._candidate_cache) > 4096:  # candidate sets are few; this only bounds a pathological mix
+            self._candidate_cache.clear()
+        self._candidate_cache[key] = (rows, kept)
         return rows, kept
 
     # ------------------------------------------------------------------------------ costs
@@ -439,7 +446,8 @@ class UniRoutePlugin:
         trace = {**decision.as_dict(), "deployment": deployment, "group": group, "pool_version": snap.version,
                  "fallback": None, "decision_ms": round(1e3 * (time.perf_counter() - start), 3), **extra}
         context.signals[SIGNAL] = trace
-        logger.info("uniroute: %s", json.dumps(trace, separators=(",", ":")))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("uniroute: %s", json.dumps(trace, separators=(",", ":")))
         return context
 
     def _fall_back(self, context: RoutingContext, group: str | None, reason: str) -> RoutingContext:
