@@ -243,7 +243,8 @@ def test_proxy_settings_from_the_environment(world, tmp_path):
     pool.save(tmp_path / "p.npz")
     (tmp_path / "sample.txt").write_text("\n".join(make_texts(50, 3)))
     env = {"UNIROUTE_ROUTER": str(tmp_path / "r.npz"), "UNIROUTE_POOL": str(tmp_path / "p.npz"),
-           "UNIROUTE_LAM": "0.7", "UNIROUTE_MODEL_GROUPS": "a, b", "UNIROUTE_DEFAULT_MODEL": "llm-small"}
+           "UNIROUTE_LAM": "0.7", "UNIROUTE_MODEL_GROUPS": "a, b", "UNIROUTE_DEFAULT_MODEL": "llm-small",
+           "UNIROUTE_WARM_UP": "0"}
     plugin = UniRoutePlugin.from_env(env)
     assert plugin.lam == 0.7 and plugin.model_groups == {"a", "b"} and plugin.default_model == "llm-small"
     assert plugin.snapshot.pool.names == pool.names

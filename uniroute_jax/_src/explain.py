@@ -36,8 +36,8 @@ class Decision(NamedTuple):
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready trace: `{"model", "cluster", "lam", "candidates": [{name, error, cost, score}]}`."""
-        rows = [{"name": n, "error": e, "cost": c, "score": s}
-                for n, e, c, s in zip(self.names, self.error.tolist(), self.cost.tolist(), self.score.tolist())]
+        rows = [{"name": n, "error": e, "cost": c, "score": s} for n, e, c, s in
+                zip(self.names, _significant(self.error), _significant(self.cost), _significant(self.score))]
         return {"model": self.model, "cluster": int(self.cluster), "lam": float(self.lam), "candidates": rows}
 
     def table(self) -> str:
@@ -51,6 +51,14 @@ class Decision(NamedTuple):
             lines.append(f"  {self.names[i]:<{width}}  {self.error[i]:>10.4f}  {self.cost[i]:>12.6g}  "
                          f"{self.score[i]:>12.6g}{mark}")
         return "\n".join(lines)
+
+
+def _significant(values: np.ndarray, digits: int = 7) -> list[float]:
+    """float32 values as Python floats cut to `digits` significant digits (what float32 holds)."""
+    v = np.asarray(values, np.float64)
+    magnitude = np.floor(np.log10(np.where(v != 0, np.abs(v), 1.0)))
+    scale = 10.0 ** (digits - 1 - magnitude)
+    return (np.round(v * scale) / scale).tolist()
 
 
 def choose(score: np.ndarray, cost: np.ndarray) -> int:

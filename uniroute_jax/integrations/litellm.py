@@ -157,6 +157,8 @@ class UniRoutePlugin:
       seed: seed of the Thompson draws and of the calibrated mix.
       check_every: seconds between checks of the files for changes (0 = every request).
       embed_in_thread: run the embedder in a worker thread, off the event loop.
+      warm_up: load the embedder and compile its first shape in a background thread right away,
+        so the first request does not wait for it.
     """
 
     def __init__(self, router: UniRouter | str | os.PathLike, pool: Pool | str | os.PathLike, *,
@@ -166,7 +168,7 @@ class UniRoutePlugin:
                  embedder: Callable[[Sequence[str]], Any] | None = None, use_system_prompt: bool = False,
                  prices: costs_lib.Prices | str | None = None, expected_output_tokens=None,
                  count_tokens: Callable[[str], int] | None = None, thompson: bool = False, seed: int = 0,
-                 check_every: float = 1.0, embed_in_thread: bool = True):
+                 check_every: float = 1.0, embed_in_thread: bool = True, warm_up: bool = False):
         if (lam is None) == (target_cost is None):
             raise ValueError("give exactly one of lam= or target_cost=")
         self.lam = None if lam is None else validation.nonnegative_float(lam, "lam")
@@ -210,6 +212,15 @@ class UniRoutePlugin:
         self._calibration_embeddings: np.ndarray | None = None
         self._version = 0
         self._reload(force=True)
+        if warm_up and self._snapshot is not None:
+            dim = self._snapshot.router.dim
+            threading.Thread(target=self._warm_up, args=(dim,), name="uniroute-warm-up", daemon=False).start()
+
+    def _warm_up(self, dim: int) -> None:
+        try:
+            self._embed(["warm up"], dim)
+        except Exception as err:  # noqa: BLE001 - requests will fall back and log it again
+            logger.warning("uniroute: embedder warm-up failed: %s: %s", type(err).__name__, err)
 
     # ------------------------------------------------------------------ settings from the env
 
@@ -220,7 +231,8 @@ class UniRoutePlugin:
         `UNIROUTE_ROUTER`, `UNIROUTE_POOL` (paths, required); `UNIROUTE_LAM` or
         `UNIROUTE_TARGET_COST` with `UNIROUTE_CALIBRATION_PROMPTS` (a .txt file, one prompt a line);
         `UNIROUTE_MODEL_GROUPS` (comma-separated); `UNIROUTE_DEFAULT_MODEL`;
-        `UNIROUTE_USE_SYSTEM_PROMPT=1`; `UNIROUTE_THOMPSON=1`; `UNIROUTE_CHECK_EVERY` (seconds).
+        `UNIROUTE_USE_SYSTEM_PROMPT=1`; `UNIROUTE_THOMPSON=1`; `UNIROUTE_CHECK_EVERY` (seconds);
+        `UNIROUTE_WARM_UP=0` to load the embedder on the first request instead of at start.
         """
         env = os.environ if environ is None else environ
         missing = [k for k in ("UNIROUTE_ROUTER", "UNIROUTE_POOL") if not env.get(k)]
@@ -240,7 +252,7 @@ class UniRoutePlugin:
         flag = lambda name: env.get(name, "").lower() in ("1", "true", "yes")
         return cls(env["UNIROUTE_ROUTER"], env["UNIROUTE_POOL"], default_model=env.get("UNIROUTE_DEFAULT_MODEL") or None,
                    use_system_prompt=flag("UNIROUTE_USE_SYSTEM_PROMPT"), thompson=flag("UNIROUTE_THOMPSON"),
-                   check_every=float(env.get("UNIROUTE_CHECK_EVERY", "1")), **kw)
+                   check_every=float(env.get("UNIROUTE_CHECK_EVERY", "1")), warm_up=env.get("UNIROUTE_WARM_UP", "1") != "0", **kw)
 
     # --------------------------------------------------------------------------- loading
 
