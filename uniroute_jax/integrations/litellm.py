@@ -206,7 +206,6 @@ class UniRoutePlugin:
         self._snapshot: _Snapshot | None = None
         self._load_error: str | None = None
         self._last_check = -np.inf
-        self._warned: set = set()
         self._calibrations: dict[tuple, Calibrated] = {}
         self._candidate_cache: dict[tuple, tuple[list[int], list[str]]] = {}
         self._calibration_embeddings: np.ndarray | None = None
@@ -338,8 +337,7 @@ class UniRoutePlugin:
             else:
                 rows.append(r)
                 kept.append(m)
-        if left_out and rows and key not in self._warned:
-            self._warned.add(key)
+        if left_out and rows:  # once per candidate set and pool version: the result is cached below
             logger.warning("uniroute: model group %r: deployments %s have no row in the pool (or share one); "
                            "left out of UniRoute's choice", group, left_out)
         if len(self._candidate_cache) > 4096:  # candidate sets are few; this only bounds a pathological mix
