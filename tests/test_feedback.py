@@ -1,0 +1,132 @@
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import uniroute_jax as ur
+from uniroute_jax._src.feedback import observe, observe_file, posterior, sample_psi, write_pool_atomic
+
+
+@pytest.fixture(scope="module")
+def world():
+    w = ur.synthetic_world(3, n_prompts=900, n_models=3)
+    x, q = np.asarray(w.prompts.embeddings), np.asarray(w.quality)
+    router = ur.UniRouter.fit(x[:400], 6, seed=0, n_init=1)
+    return router, x, q
+
+
+def test_observe_equals_representing_all_labels_at_once(world):
+    router, x, q = world
+    names, costs = ["a", "b", "c"], [0.1, 0.5, 1.0]
+    first = router.represent(x[400:550], q[400:550], names, costs)
+    # New labels for two of the models, interleaved, one of them fractional.
+    served = np.arange(550, 700)
+    model = np.array(names)[np.arange(served.size) % 2]
+    correct = q[served, np.arange(served.size) % 2]
+    updated = observe(first, router, x[served], list(model), correct)
+    # Independent twin: error_vectors on the concatenated labels (NaN where a model was not run).
+    q_all = np.full((300, 3), np.nan, np.float32)
+    q_all[:150] = q[400:550]
+    q_all[150 + np.arange(served.size), np.arange(served.size) % 2] = correct
+    expected = router.represent(x[400:700], q_all, names, costs)
+    np.testing.assert_allclose(updated.counts, expected.counts, atol=1e-5)
+    np.testing.assert_allclose(updated.error_sums, expected.error_sums, atol=1e-5)
+    np.testing.assert_allclose(updated.psi, expected.psi, atol=1e-6)
+    # Model c got no label: its row is untouched; the input pool is not modified.
+    np.testing.assert_array_equal(updated.psi[2], first.psi[2])
+    np.testing.assert_array_equal(first.counts, router.represent(x[400:550], q[400:550], names, costs).counts)
+
+
+def test_observe_checks_its_input(world):
+    router, x, q = world
+    pool = router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0])
+    with pytest.raises(ValueError, match="not in the pool"):
+        observe(pool, router, x[:2], "zzz", [1, 0])
+    with pytest.raises(ValueError, match="correct must lie in"):
+        observe(pool, router, x[:2], "a", [1, 2])
+    with pytest.raises(ValueError, match="model has 3 names"):
+        observe(pool, router, x[:2], ["a", "b", "c"], [1, 0])
+    with pytest.raises(ValueError, match="embeddings has 3 prompts"):
+        observe(pool, router, x[:3], ["a", "b"], [1, 0])
+
+
+def test_posterior_mean_is_the_estimate_and_draws_follow_it(world):
+    router, x, q = world
+    pool = router.represent(x[400:460], q[400:460], ["a", "b", "c"], [0.1, 0.5, 1.0])
+    a, b = posterior(pool, router.alpha)
+    np.testing.assert_allclose(a / (a + b), pool.psi, atol=1e-6)
+    draws = np.stack([sample_psi(a, b, np.random.default_rng(s)) for s in range(3000)])
+    np.testing.assert_allclose(draws.mean(0), pool.psi, atol=0.03)
+    # Fewer labels, wider posterior: the Beta variance a*b / ((a+b)^2 (a+b+1)) is matched.
+    var = a * b / ((a + b) ** 2 * (a + b + 1))
+    np.testing.assert_allclose(draws.var(0), var, atol=0.01)
+
+
+def test_observe_file_refuses_bad_input_without_touching_the_file(world, tmp_path):
+    router, x, q = world
+    path = write_pool_atomic(router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0]),
+                             tmp_path / "pool.npz")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="not in the pool"):
+        observe_file(path, router, x[:1], "nope", [1.0])
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.npz", "pool.npz.lock"]
+
+
+WRITER = textwrap.dedent("""
+    import sys, numpy as np, uniroute_jax as ur
+    from uniroute_jax._src.feedback import observe_file
+    router = ur.UniRouter.load(sys.argv[1])
+    x = np.load(sys.argv[3])
+    model, n = sys.argv[4], int(sys.argv[5])
+    for i in range(n):
+        observe_file(sys.argv[2], router, x[i:i + 1], model, [float(i % 2)])
+""")
+
+
+def test_two_processes_observing_one_file_lose_no_update(world, tmp_path):
+    router, x, q = world
+    router.save(tmp_path / "router.npz")
+    pool = router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0])
+    path = write_pool_atomic(pool, tmp_path / "pool.npz")
+    np.save(tmp_path / "x.npy", x[700:760])
+    n = 25
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "router.npz"), str(path),
+                               str(tmp_path / "x.npy"), m, str(n)], env=env) for m in ("a", "b")]
+    loads = 0
+    while any(p.poll() is None for p in procs):
+        ur.Pool.load(path)  # a reader always finds a whole, valid file
+        loads += 1
+        time.sleep(0.005)
+    assert [p.returncode for p in procs] == [0, 0]
+    final = ur.Pool.load(path)
+    added = final.counts.sum(1) - pool.counts.sum(1)
+    np.testing.assert_allclose(added, [n, n, 0])
+    # Each writer observed errors 1 - i % 2: 13 errors out of 25.
+    np.testing.assert_allclose(final.error_sums.sum(1) - pool.error_sums.sum(1), [13, 13, 0], atol=1e-4)
+    assert loads > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.npz", "pool.npz.lock", "router.npz", "x.npy"]
+
+
+def test_observe_command_updates_the_file(world, tmp_path, capsys):
+    from uniroute_jax._src.cli import build_parser
+    from uniroute_jax._src.feedback import add_parser
+
+    router, x, q = world
+    router.save(tmp_path / "r.npz")
+    pool = router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0])
+    write_pool_atomic(pool, tmp_path / "p.npz")
+    np.save(tmp_path / "e.npy", x[800:803])
+    parser = build_parser()
+    add_parser(parser._subparsers._group_actions[0])  # what cli.py registers
+    args = parser.parse_args(["observe", "-r", str(tmp_path / "r.npz"), "-p", str(tmp_path / "p.npz"),
+                              "-e", str(tmp_path / "e.npy"), "--model", "b", "--correct", "1,0,1"])
+    assert args.func(args) == 0 and "3 observation(s)" in capsys.readouterr().out
+    np.testing.assert_allclose(ur.Pool.load(tmp_path / "p.npz").psi,
+                               observe(pool, router, x[800:803], "b", [1, 0, 1]).psi)

@@ -1,0 +1,150 @@
+"""Why a prompt goes where it goes: the decision of one request, with every candidate's score.
+
+A decision is `argmin_h Psi(h)[cluster] + lam * cost(h)` over the candidates. `Decision` keeps
+the cluster, each candidate's estimated error, cost and score, `lam` and the chosen model, so a
+served request can carry its reason (see `integrations.litellm`) and `uniroute explain` can print
+the same table for any text:
+
+    uniroute explain -r router.npz -p pool.npz --lam 0.5 --text "What is 12 + 30?"
+
+Costs are per model (`pool.costs`) or per request (`costs.request_costs`); the choice follows the
+core's rule: lowest score, ties to the cheaper model, then to the lower index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from jax.typing import ArrayLike
+
+from uniroute_jax._src import validation
+
+
+class Decision(NamedTuple):
+    """One routed request."""
+
+    model: str  # the chosen candidate
+    cluster: int  # the prompt's cluster
+    lam: float  # trade-off used
+    names: tuple[str, ...]  # [n_candidates]
+    error: np.ndarray  # [n_candidates] estimated error Psi(h)[cluster]
+    cost: np.ndarray  # [n_candidates] cost of this request on each candidate
+    score: np.ndarray  # [n_candidates] error + lam * cost
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready trace: `{"model", "cluster", "lam", "candidates": [{name, error, cost, score}]}`."""
+        rows = [{"name": n, "error": e, "cost": c, "score": s} for n, e, c, s in
+                zip(self.names, _significant(self.error), _significant(self.cost), _significant(self.score))]
+        return {"model": self.model, "cluster": int(self.cluster), "lam": float(self.lam), "candidates": rows}
+
+    def table(self) -> str:
+        """Plain-text table of the candidates, best score first, the chosen one marked."""
+        order = np.lexsort((np.arange(len(self.names)), self.cost, self.score))
+        width = max(len("model"), *(len(n) for n in self.names))
+        lines = [f"cluster {self.cluster}, lambda {self.lam:g}: {self.model}",
+                 f"  {'model':<{width}}  {'est. error':>10}  {'cost':>12}  {'score':>12}"]
+        for i in order:
+            mark = " <-" if self.names[i] == self.model else ""
+            lines.append(f"  {self.names[i]:<{width}}  {self.error[i]:>10.4f}  {self.cost[i]:>12.6g}  "
+                         f"{self.score[i]:>12.6g}{mark}")
+        return "\n".join(lines)
+
+
+def _significant(values: np.ndarray, digits: int = 7) -> list[float]:
+    """float32 values as Python floats cut to `digits` significant digits (what float32 holds)."""
+    v = np.asarray(values, np.float64)
+    magnitude = np.floor(np.log10(np.where(v != 0, np.abs(v), 1.0)))
+    scale = 10.0 ** (digits - 1 - magnitude)
+    return (np.round(v * scale) / scale).tolist()
+
+
+def choose(score: np.ndarray, cost: np.ndarray) -> int:
+    """Index of the lowest score; ties go to the cheaper candidate, then to the lower index."""
+    return int(np.lexsort((np.arange(score.shape[0]), cost, score))[0])
+
+
+def decide(cluster: int, names: Sequence[str], error: np.ndarray, cost: np.ndarray, lam: float) -> Decision:
+    """The `Decision` among candidates `names` with errors and costs `[n_candidates]` (float32 scores).
+
+    Unchecked: callers pass validated, equally long arrays (the serving path calls this per request).
+    """
+    error = np.asarray(error, np.float32)
+    cost = np.asarray(cost, np.float32)
+    # float32 like the core's kernels, so a decision here matches `UniRouter.route` bit for bit.
+    score = error + np.float32(lam) * cost
+    i = choose(score, cost)
+    return Decision(names[i], int(cluster), float(lam), tuple(names), error, cost, score)
+
+
+def explain(router, pool, embeddings: ArrayLike, lam: float, *, costs: ArrayLike | None = None,
+            models: Sequence[str] | None = None) -> list[Decision]:
+    """The decision of each prompt, with every candidate's error, cost and score.
+
+    Args:
+      router: a fitted `UniRouter`.
+      pool: a `Pool` represented by `router`.
+      embeddings: [n_prompts, dim] prompt embeddings.
+      lam: trade-off >= 0.
+      costs: optional per-request costs `[n_prompts, n_models]` (columns in `pool.names` order);
+        default `pool.costs` for every prompt.
+      models: optional subset of the pool to choose among.
+
+    Returns:
+      `n_prompts` `Decision`s.
+    """
+    from uniroute_jax._src.router import check_pool  # noqa: PLC0415 (keeps this module import-light)
+
+    check_pool(pool, router.n_clusters)
+    lam = validation.nonnegative_float(lam, "lam")
+    clusters = router.assign(embeddings)
+    n = clusters.shape[0]
+    if costs is None:
+        table = np.broadcast_to(pool.costs, (n, len(pool)))
+    else:
+        table = validation.nonnegative(validation.float_array(costs, "costs", shape=(n, len(pool))), "costs")
+    rows = np.arange(len(pool)) if models is None else pool.index(list(models))
+    if rows.size == 0:
+        raise ValueError("models is empty: give at least one model of the pool")
+    names = [pool.names[i] for i in rows]
+    return [decide(int(k), names, pool.psi[rows, k], table[j, rows], lam) for j, k in enumerate(clusters)]
+
+
+# ------------------------------------------------------------------------------- command line
+
+
+def add_parser(sub) -> None:
+    """Registers `uniroute explain` on an argparse sub-parser collection."""
+    x = sub.add_parser("explain", help="show why each prompt goes where: every candidate's error, cost and score")
+    x.add_argument("--router", "-r", required=True)
+    x.add_argument("--pool", "-p", required=True)
+    src = x.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a prompt (repeat for several), embedded with all-MiniLM-L6-v2")
+    src.add_argument("--embeddings", "-e", help="[n_prompts, dim] prompt embeddings instead of texts")
+    x.add_argument("--lam", type=float, default=0.0, help="trade-off >= 0 (default 0 = most accurate)")
+    x.add_argument("--models", help="comma-separated subset of the pool to choose among")
+    x.add_argument("--model-dir", help="embedding model folder for --text (default: installed package)")
+    x.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
+    x.add_argument("--json", action="store_true", help="one JSON trace per prompt instead of tables")
+    x.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args) -> int:
+    """`uniroute explain`: prints each prompt's decision table (or JSON traces with --json)."""
+    from uniroute_jax._src import cli  # noqa: PLC0415 (cli registers this command: import late)
+
+    router, pool = cli._load_router_pool(args)
+    if args.text is not None:
+        x = cli._embed_texts(list(args.text), args)
+    else:
+        x = cli.read_matrix(args.embeddings, "embeddings", key="embeddings")
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    decisions = explain(router, pool, x, args.lam, models=models)
+    for i, d in enumerate(decisions):
+        if args.json:
+            print(json.dumps({"prompt": i, **d.as_dict()}))
+        else:
+            print(("\n" if i else "") + f"prompt {i}: " + d.table())
+    return 0

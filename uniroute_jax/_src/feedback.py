@@ -1,0 +1,195 @@
+"""Live outcomes: fold served requests' correctness back into the pool's per-cluster estimates.
+
+Each estimate `Psi(h)[k]` is the mean of a Beta posterior over the LLM's error rate in cluster
+`k`, built from the labels behind it (`counts`, `error_sums`) and a prior centred on the LLM's
+overall error with the weight of `alpha` pseudo-labels (the rule of `error_vectors`):
+
+    Psi(h)[k] = (error_sums[h, k] + alpha * overall(h)) / (counts[h, k] + alpha)
+              = mean of Beta(error_sums + alpha * overall, counts - error_sums + alpha * (1 - overall))
+
+`observe` adds new labels to those counts and recomputes the rows it touched; `observe_file`
+does the same on a pool file under a lock, so concurrent writers never lose an update and a
+reader always finds a whole file. `sample_psi` draws from the posteriors (Thompson sampling), so
+an LLM with few labels gets traffic until its estimate tightens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from jax.typing import ArrayLike
+
+from uniroute_jax._src import validation
+from uniroute_jax._src.router import Pool
+
+
+def _overall_error(pool: Pool) -> np.ndarray:
+    """[n_models] mean error over every label; the mean of `psi` for a model without counts."""
+    n = pool.counts.sum(axis=1).astype(np.float64)
+    s = pool.error_sums.sum(axis=1).astype(np.float64)
+    return np.where(n > 0, s / np.maximum(n, 1e-12), pool.psi.mean(axis=1))
+
+
+def posterior(pool: Pool, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Beta parameters `(a, b)`, each `[n_models, n_clusters]`, whose means are the error estimates."""
+    alpha = validation.nonnegative_float(alpha, "alpha")
+    overall = _overall_error(pool)[:, None]
+    a = pool.error_sums.astype(np.float64) + alpha * overall
+    b = (pool.counts - pool.error_sums).astype(np.float64) + alpha * (1.0 - overall)
+    return a, np.maximum(b, 0.0)
+
+
+def sample_psi(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One Thompson draw of the error rates from Beta(a, b) (any shape); degenerate ends stay put."""
+    safe_a, safe_b = np.where(a > 0, a, 1.0), np.where(b > 0, b, 1.0)
+    draw = rng.beta(safe_a, safe_b)
+    return np.where(a <= 0, 0.0, np.where(b <= 0, 1.0, draw))
+
+
+def observe(pool: Pool, router, embeddings: ArrayLike, model: str | Sequence[str], correct: ArrayLike) -> Pool:
+    """The pool with new labels folded into its counts and the touched rows' estimates.
+
+    Args:
+      pool: a `Pool` represented by `router`.
+      router: the router that assigns clusters (its `alpha` is the prior's weight).
+      embeddings: [n_obs, dim] embeddings of the served prompts.
+      model: the model that answered: one name for all, or `n_obs` names.
+      correct: [n_obs] quality in [0, 1] of each answer (1 = correct).
+
+    Returns:
+      A new `Pool` (the input is not modified).
+
+    Raises:
+      ValueError / TypeError naming the argument (unknown model, wrong length, value outside [0, 1]).
+    """
+    if not isinstance(pool, Pool):
+        raise TypeError(f"pool must be a Pool, got {type(pool).__name__}")
+    if pool.n_clusters != router.n_clusters:
+        raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {router.n_clusters}")
+    q = np.atleast_1d(np.asarray(correct, np.float64))
+    q = validation.unit_interval(validation.float_array(q, "correct", ndim=1, dtype=np.float64), "correct")
+    n = q.shape[0]
+    if n == 0:
+        raise ValueError("correct holds no observation")
+    names = [model] * n if isinstance(model, str) else list(model)
+    if len(names) != n:
+        raise ValueError(f"model has {len(names)} names but correct has {n} values")
+    rows = pool.index(names)
+    clusters = router.assign(embeddings)
+    if clusters.shape[0] != n:
+        raise ValueError(f"embeddings has {clusters.shape[0]} prompts but correct has {n} values")
+    counts = pool.counts.astype(np.float64)
+    sums = pool.error_sums.astype(np.float64)
+    np.add.at(counts, (rows, clusters), 1.0)
+    np.add.at(sums, (rows, clusters), 1.0 - q)
+    touched = np.unique(rows)
+    updated = Pool(pool.names, pool.costs, pool.psi, counts, sums)
+    a, b = posterior(updated, router.alpha)
+    psi = pool.psi.astype(np.float64)
+    denom = a[touched] + b[touched]
+    # A cluster with no label and alpha = 0 keeps the overall error, as error_vectors does.
+    psi[touched] = np.where(denom > 0, a[touched] / np.where(denom > 0, denom, 1.0),
+                            _overall_error(updated)[touched, None])
+    return Pool(pool.names, pool.costs, np.clip(psi, 0.0, 1.0), counts, sums)
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl  # noqa: PLC0415 (POSIX only)
+
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def write_pool_atomic(pool: Pool, path: str | os.PathLike) -> Path:
+    """Writes `pool` to `path` through a unique temp file in the same folder, fsynced, then renamed.
+
+    A reader sees the old file or the new one, never a partial one.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        pool.save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def observe_file(pool_path: str | os.PathLike, router, embeddings: ArrayLike, model: str | Sequence[str],
+                 correct: ArrayLike) -> Pool:
+    """`observe` on a pool file: locked read-change-write, atomic replace; returns the new pool.
+
+    The lock is `fcntl.flock` on a sidecar `<pool>.lock`, so every writer using this function
+    (threads or processes on one machine) applies its update to the latest file. Bad input raises
+    before anything is written.
+    """
+    path = Path(pool_path)
+    if path.suffix != ".npz":
+        raise ValueError(f"pool_path must name a .npz pool file, got {pool_path}")
+    if not path.exists():
+        raise FileNotFoundError(f"no pool file at {path}")
+    with _locked(path):
+        new = observe(Pool.load(path), router, embeddings, model, correct)
+        write_pool_atomic(new, path)
+    return new
+
+
+# ------------------------------------------------------------------------------- command line
+
+
+def add_parser(sub) -> None:
+    """Registers `uniroute observe` on an argparse sub-parser collection."""
+    o = sub.add_parser("observe", help="fold served prompts' correctness into a pool file (locked, atomic)")
+    o.add_argument("--router", "-r", required=True)
+    o.add_argument("--pool", "-p", required=True, help="pool file to update in place")
+    src = o.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a served prompt (repeat for several)")
+    src.add_argument("--embeddings", "-e", help="[n_obs, dim] embeddings of the served prompts")
+    o.add_argument("--model", required=True, help="the pool model that answered")
+    o.add_argument("--correct", required=True,
+                   help="comma-separated quality in [0, 1], one per prompt (or a .npy/.csv file)")
+    o.add_argument("--model-dir", help="embedding model folder for --text (default: installed package)")
+    o.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
+    o.set_defaults(func=cmd_observe)
+
+
+def cmd_observe(args) -> int:
+    """`uniroute observe`: adds the labels to the pool file and prints the model's new totals."""
+    from uniroute_jax._src import cli  # noqa: PLC0415 (cli registers this command: import late)
+
+    router, _ = cli._load_router_pool(args, need_pool=False)
+    x = (cli._embed_texts(list(args.text), args) if args.text is not None
+         else cli.read_matrix(args.embeddings, "embeddings", key="embeddings"))
+    if Path(args.correct).suffix in (".npy", ".npz", ".csv"):
+        correct = cli.read_matrix(args.correct, "correct", key="correct").reshape(-1)
+    else:
+        try:
+            correct = [float(v) for v in args.correct.split(",")]
+        except ValueError:
+            raise cli.CLIError(f"correct: expected comma-separated numbers or a file, got {args.correct!r}") from None
+    pool = observe_file(args.pool, router, x, args.model, correct)
+    i = pool.names.index(args.model)
+    n, s = float(pool.counts[i].sum()), float(pool.error_sums[i].sum())
+    print(f"{args.model}: {len(correct)} observation(s) added to {args.pool}; "
+          f"{n:g} labels, overall error {s / max(n, 1e-12):.3f}")
+    return 0

@@ -1,0 +1,554 @@
+"""UniRoute inside LiteLLM: a model group becomes a dynamic pool, each request goes to its argmin.
+
+LiteLLM (https://docs.litellm.ai) already does providers, streaming, retries, fallbacks and spend
+tracking. UniRoute plugs into its documented routing-plugin interface (`Router(plugins=[...])`,
+proxy `router_settings.plugins`, LiteLLM >= 1.94): a plugin gets each request's messages and
+the group's candidate deployments, and narrows the candidates. `UniRoutePlugin` narrows them to
+the one UniRoute chooses, so the group's own strategy, retries, cooldowns and fallbacks still run
+around that choice. It is the hook LiteLLM offers for exactly this (a routing decision from the
+request's content); `CustomRoutingStrategyBase` would replace the Router's whole deployment
+selection (health and cooldown filters included), and `async_filter_deployments` is a
+logging-callback hook with no documented place in routing order.
+
+Per request (`UniRoutePlugin.run`):
+  1. embed the last user message (optionally the system prompt before it) and find its cluster;
+  2. score the group's deployments that have a row in the pool:
+     `Psi(h)[cluster] + lambda * cost(request, h)`, cost per model (`pool.costs`) or per request
+     from token prices (`costs.request_costs`), and pick the argmin (`explain.decide`);
+  3. narrow the candidates to it and publish the decision trace as the routing signal
+     `"uniroute"` (LiteLLM copies it to `metadata["routing_plugin_signals"]`); `trace_headers`
+     turns it into `x-uniroute-*` response headers on the proxy; one log line per request.
+Any failure (embedding, routing, a missing or broken file) falls back to `default_model`, or
+leaves the candidates to the group's own strategy; the reason is logged and traced, and the
+request is never dropped. Router and pool files are re-read when they change on disk (replace
+them atomically, e.g. with `feedback.write_pool_atomic`): adding an LLM is a new pool row plus a
+deployment, no restart.
+
+Python:
+
+    plugin = UniRoutePlugin("router.npz", "pool.npz", lam=0.5, model_groups=["uniroute"])
+    router = litellm.Router(model_list=[...], plugins=[plugin])
+    await router.acompletion(model="uniroute", messages=[...], metadata=(md := {}))
+    md["routing_plugin_signals"]["uniroute"]   # the decision trace
+
+Proxy (config.yaml; the plugin reads its settings from `UNIROUTE_*` environment variables, see
+`UniRoutePlugin.from_env`):
+
+    router_settings:
+      plugins: ["uniroute_jax.integrations.litellm.proxy_plugin"]
+    litellm_settings:
+      callbacks: ["uniroute_jax.integrations.litellm.trace_headers"]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+try:
+    import litellm  # noqa: F401 (checked here so the error names the extra)
+    from litellm.integrations.custom_logger import CustomLogger
+    from litellm.types.router import RoutingContext
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError('uniroute_jax.integrations.litellm needs LiteLLM: pip install "uniroute-jax[litellm]"') from err
+
+from uniroute_jax._src import costs as costs_lib
+from uniroute_jax._src import feedback, validation
+from uniroute_jax._src.curves import calibrate
+from uniroute_jax._src.embedding import embed_texts
+from uniroute_jax._src.explain import Decision, decide
+from uniroute_jax._src.router import Pool, RoutingTable, UniRouter
+
+logger = logging.getLogger("uniroute_jax.litellm")
+
+SIGNAL = "uniroute"
+"""Key of the decision trace in `context.signals` and `metadata["routing_plugin_signals"]`."""
+
+
+# ------------------------------------------------------------------------------- the snapshot
+
+
+class Calibrated(NamedTuple):
+    """A target mean cost met on a traffic sample: use `lam_high_cost` with probability `p_high`."""
+
+    target_cost: float
+    lam_high_cost: float
+    lam_low_cost: float
+    p_high: float
+    achieved_cost: float  # mean cost per request of this component's decisions on the sample
+    feasible: bool  # False when even the cheapest decisions cost more than the target
+    n_sample: int
+
+
+class _Snapshot(NamedTuple):
+    """Everything one decision reads; replaced whole on reload, so a request sees one version."""
+
+    version: int
+    router: UniRouter
+    pool: Pool
+    clusters: RoutingTable  # identity table: maps embeddings to clusters on the host
+    beta: tuple[np.ndarray, np.ndarray] | None  # Thompson posteriors [n_models, n_clusters]
+    stamp: tuple
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _message_text(message: Mapping) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        return "\n".join(p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str))
+    return ""
+
+
+def prompt_text(messages: Sequence[Mapping], *, use_system_prompt: bool = False) -> str | None:
+    """The text UniRoute embeds: the last user message, after the system prompt(s) if asked."""
+    user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+    if user is None:
+        return None
+    text = _message_text(user)
+    if use_system_prompt:
+        system = "\n".join(_message_text(m) for m in messages if m.get("role") in ("system", "developer"))
+        text = f"{system}\n{text}" if system else text
+    return text if text.strip() else None
+
+
+# --------------------------------------------------------------------------------- the plugin
+
+
+class UniRoutePlugin:
+    """Routes each request of a LiteLLM model group to `argmin Psi + lambda * cost` (a RoutingPlugin).
+
+    Args:
+      router: a `UniRouter` or the path of a router file (re-read when it changes).
+      pool: a `Pool` or the path of a pool file (re-read when it changes). Pool rows are matched
+        to deployments by `litellm_params.model`: through `deployments`, else the exact string,
+        else the string without its provider prefix (`"openai/gpt-4o-mini"` -> `"gpt-4o-mini"`).
+      lam: trade-off >= 0 (0 = most accurate). Give `lam` or `target_cost`.
+      target_cost: target mean cost per request; calibrated once per pool version and candidate
+        set on `calibration_prompts` with the exact calibration (`calibrate`).
+      calibration_prompts: sample of traffic texts for `target_cost`.
+      model_groups: the LiteLLM model groups to route; None routes every group with at least one
+        deployment in the pool and leaves the others alone.
+      deployments: optional pool name -> `litellm_params.model`.
+      default_model: where a request goes when routing fails (a pool name or a
+        `litellm_params.model` of the group); None leaves it to the group's own strategy.
+      embedder: callable `list[str] -> [n, dim]`; default all-MiniLM-L6-v2 (`TextEmbedder`).
+      use_system_prompt: embed the system prompt with the last user message.
+      prices: per-request costs from token prices: a `costs.Prices` over pool names, or
+        `"litellm"` for `litellm.model_cost` at each deployment's model. None uses `pool.costs`.
+      expected_output_tokens: with `prices="litellm"`: one number or name -> number.
+      count_tokens: `str -> int` input length; default `costs.estimate_tokens`.
+      thompson: score with a draw from each estimate's Beta posterior instead of its mean.
+      seed: seed of the Thompson draws and of the calibrated mix.
+      check_every: seconds between checks of the files for changes (0 = every request).
+      embed_in_thread: run the embedder in a worker thread, off the event loop.
+      warm_up: load the embedder and compile its first shape in a background thread right away,
+        so the first request does not wait for it.
+    """
+
+    def __init__(self, router: UniRouter | str | os.PathLike, pool: Pool | str | os.PathLike, *,
+                 lam: float | None = None, target_cost: float | None = None,
+                 calibration_prompts: Sequence[str] | None = None, model_groups: Sequence[str] | None = None,
+                 deployments: Mapping[str, str] | None = None, default_model: str | None = None,
+                 embedder: Callable[[Sequence[str]], Any] | None = None, use_system_prompt: bool = False,
+                 prices: costs_lib.Prices | str | None = None, expected_output_tokens=None,
+                 count_tokens: Callable[[str], int] | None = None, thompson: bool = False, seed: int = 0,
+                 check_every: float = 1.0, embed_in_thread: bool = True, warm_up: bool = False):
+        if (lam is None) == (target_cost is None):
+            raise ValueError("give exactly one of lam= or target_cost=")
+        self.lam = None if lam is None else validation.nonnegative_float(lam, "lam")
+        self.target_cost = None if target_cost is None else validation.nonnegative_float(target_cost, "target_cost")
+        if self.target_cost is not None:
+            if calibration_prompts is None or isinstance(calibration_prompts, str) or not list(calibration_prompts):
+                raise ValueError("target_cost needs calibration_prompts: a non-empty list of sample texts")
+            self.calibration_prompts = list(calibration_prompts)
+        else:
+            self.calibration_prompts = None
+        if isinstance(model_groups, str):
+            model_groups = [model_groups]
+        self.model_groups = None if model_groups is None else frozenset(model_groups)
+        self.deployments = dict(deployments or {})
+        self.default_model = default_model
+        self.use_system_prompt = bool(use_system_prompt)
+        if isinstance(prices, str) and prices != "litellm":
+            raise ValueError(f"prices must be a costs.Prices, 'litellm' or None, got {prices!r}")
+        if prices is not None and not isinstance(prices, (str, costs_lib.Prices)):
+            raise TypeError(f"prices must be a costs.Prices, 'litellm' or None, got {type(prices).__name__}")
+        if prices == "litellm" and expected_output_tokens is None:
+            raise ValueError("prices='litellm' needs expected_output_tokens (one number or name -> number)")
+        self.prices = prices
+        self.expected_output_tokens = expected_output_tokens
+        self.count_tokens = count_tokens or costs_lib.estimate_tokens
+        self.thompson = bool(thompson)
+        self.check_every = validation.nonnegative_float(check_every, "check_every")
+        self.embed_in_thread = bool(embed_in_thread)
+        self._embedder = embedder
+        self._embedder_lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._np_rng = np.random.default_rng(seed)
+        self._router_src, self._pool_src = router, pool
+        self._reload_lock = threading.Lock()
+        self._snapshot: _Snapshot | None = None
+        self._load_error: str | None = None
+        self._last_check = -np.inf
+        self._calibrations: dict[tuple, Calibrated] = {}
+        self._candidate_cache: dict[tuple, tuple[list[int], list[str]]] = {}
+        self._calibration_embeddings: np.ndarray | None = None
+        self._version = 0
+        self._reload(force=True)
+        if warm_up and self._snapshot is not None:
+            dim = self._snapshot.router.dim
+            threading.Thread(target=self._warm_up, args=(dim,), name="uniroute-warm-up", daemon=False).start()
+
+    def _warm_up(self, dim: int) -> None:
+        try:
+            self._embed(["warm up"], dim)
+        except Exception as err:  # noqa: BLE001 - requests will fall back and log it again
+            logger.warning("uniroute: embedder warm-up failed: %s: %s", type(err).__name__, err)
+
+    # ------------------------------------------------------------------ settings from the env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> UniRoutePlugin:
+        """A plugin configured by environment variables (what the proxy's dotted path loads).
+
+        `UNIROUTE_ROUTER`, `UNIROUTE_POOL` (paths, required); `UNIROUTE_LAM` or
+        `UNIROUTE_TARGET_COST` with `UNIROUTE_CALIBRATION_PROMPTS` (a .txt file, one prompt a line);
+        `UNIROUTE_MODEL_GROUPS` (comma-separated); `UNIROUTE_DEFAULT_MODEL`;
+        `UNIROUTE_USE_SYSTEM_PROMPT=1`; `UNIROUTE_THOMPSON=1`; `UNIROUTE_CHECK_EVERY` (seconds);
+        `UNIROUTE_WARM_UP=0` to load the embedder on the first request instead of at start.
+        """
+        env = os.environ if environ is None else environ
+        missing = [k for k in ("UNIROUTE_ROUTER", "UNIROUTE_POOL") if not env.get(k)]
+        if missing:
+            raise ValueError(f"set {' and '.join(missing)} to the router / pool files for the UniRoute plugin")
+        kw: dict[str, Any] = {}
+        if env.get("UNIROUTE_TARGET_COST"):
+            kw["target_cost"] = float(env["UNIROUTE_TARGET_COST"])
+            path = env.get("UNIROUTE_CALIBRATION_PROMPTS")
+            if not path:
+                raise ValueError("UNIROUTE_TARGET_COST needs UNIROUTE_CALIBRATION_PROMPTS (a .txt file, one prompt a line)")
+            kw["calibration_prompts"] = [l for l in Path(path).read_text(encoding="utf-8").splitlines() if l.strip()]
+        else:
+            kw["lam"] = float(env.get("UNIROUTE_LAM", "0"))
+        if env.get("UNIROUTE_MODEL_GROUPS"):
+            kw["model_groups"] = [g.strip() for g in env["UNIROUTE_MODEL_GROUPS"].split(",") if g.strip()]
+        flag = lambda name: env.get(name, "").lower() in ("1", "true", "yes")
+        return cls(env["UNIROUTE_ROUTER"], env["UNIROUTE_POOL"], default_model=env.get("UNIROUTE_DEFAULT_MODEL") or None,
+                   use_system_prompt=flag("UNIROUTE_USE_SYSTEM_PROMPT"), thompson=flag("UNIROUTE_THOMPSON"),
+                   check_every=float(env.get("UNIROUTE_CHECK_EVERY", "1")), warm_up=env.get("UNIROUTE_WARM_UP", "1") != "0", **kw)
+
+    # --------------------------------------------------------------------------- loading
+
+    @property
+    def snapshot(self) -> _Snapshot | None:
+        """The router and pool in use (None until a load succeeds)."""
+        return self._snapshot
+
+    def _reload(self, force: bool = False) -> None:
+        """Re-reads the files if they changed; on failure keeps the previous version and logs why."""
+        paths = [Path(s) for s in (self._router_src, self._pool_src) if isinstance(s, (str, os.PathLike))]
+        if not force and not paths:
+            return
+        if not self._reload_lock.acquire(blocking=force):
+            return  # another request is already reloading; this one uses the current version
+        try:
+            stamp = tuple(_stamp(p) for p in paths)
+            if not force and self._snapshot is not None and stamp == self._snapshot.stamp:
+                return
+            router = self._router_src if isinstance(self._router_src, UniRouter) else UniRouter.load(self._router_src)
+            pool = self._pool_src if isinstance(self._pool_src, Pool) else Pool.load(self._pool_src)
+            if pool.n_clusters != router.n_clusters:
+                raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {router.n_clusters}")
+            if len(pool) == 0:
+                raise ValueError("pool is empty")
+            k = router.n_clusters
+            clusters = RoutingTable(router.centroids, np.arange(k, dtype=np.int32), tuple(map(str, range(k))),
+                                    router.metric, jax_from=1 << 30)
+            beta = feedback.posterior(pool, router.alpha) if self.thompson else None
+            self._version += 1
+            self._calibrations.clear()
+            self._snapshot = _Snapshot(self._version, router, pool, clusters, beta, stamp)
+            self._load_error = None
+            logger.info("uniroute: loaded %s clusters, %s models (%s)%s", k, len(pool), ", ".join(pool.names),
+                        f" from {', '.join(map(str, paths))}" if paths else "")
+        except Exception as err:  # noqa: BLE001 - a bad file must never take serving down
+            self._load_error = f"{type(err).__name__}: {err}"
+            if self._snapshot is None:
+                logger.error("uniroute: cannot load router/pool (%s); requests fall back until fixed", self._load_error)
+            else:
+                logger.error("uniroute: keeping version %s; reloading failed: %s", self._snapshot.version,
+                             self._load_error)
+        finally:
+            self._reload_lock.release()
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._last_check >= self.check_every:
+            self._last_check = now
+            self._reload()
+
+    # ------------------------------------------------------------------------- embedding
+
+    def _embed(self, texts: Sequence[str], dim: int) -> np.ndarray:
+        if self._embedder is None:
+            with self._embedder_lock:
+                if self._embedder is None:
+                    from uniroute_jax._src.embedding import TextEmbedder  # noqa: PLC0415 (optional deps)
+
+                    self._embedder = TextEmbedder(cache=False, progress=False, download=False)
+        return embed_texts(list(texts), self._embedder, dim=dim)
+
+    # ------------------------------------------------------------------------ candidates
+
+    def _pool_row(self, pool: Pool, deployment_model: str) -> int | None:
+        by_deployment = {v: k for k, v in self.deployments.items()}
+        for name in (by_deployment.get(deployment_model), deployment_model, deployment_model.split("/", 1)[-1]):
+            if name is not None and name in pool.names:
+                return pool.names.index(name)
+        return None
+
+    def candidates(self, snap: _Snapshot, group: str | None, candidate_models: Sequence[str]):
+        """`(pool rows, deployment models)` of the candidates that have a row; warns once per set about the rest."""
+        key = (snap.version, group, tuple(candidate_models))
+        hit = self._candidate_cache.get(key)
+        if hit is not None:
+            return hit
+        rows, kept, left_out = [], [], []
+        for m in dict.fromkeys(candidate_models):
+            r = self._pool_row(snap.pool, m)
+            if r is None or r in rows:
+                left_out.append(m)
+            else:
+                rows.append(r)
+                kept.append(m)
+        if left_out and rows:  # once per candidate set and pool version: the result is cached below
+            logger.warning("uniroute: model group %r: deployments %s have no row in the pool (or share one); "
+                           "left out of UniRoute's choice", group, left_out)
+        if len(self._candidate_cache) > 4096:  # candidate sets are few; this only bounds a pathological mix
+            self._candidate_cache.clear()
+        self._candidate_cache[key] = (rows, kept)
+        return rows, kept
+
+    # ------------------------------------------------------------------------------ costs
+
+    def _costs(self, snap: _Snapshot, rows: Sequence[int], deployment_models: Sequence[str],
+               texts: Sequence[str]) -> np.ndarray:
+        """Cost of each text on each candidate, `[n_texts, n_candidates]`."""
+        if self.prices is None:
+            return np.broadcast_to(snap.pool.costs[list(rows)], (len(texts), len(rows)))
+        names = [snap.pool.names[r] for r in rows]
+        if self.prices == "litellm":
+            import litellm as _litellm  # noqa: PLC0415
+
+            eot = self.expected_output_tokens
+            if isinstance(eot, Mapping):
+                eot = {d: eot.get(n, eot.get(d)) for n, d in zip(names, deployment_models)}
+                eot = {d: v for d, v in eot.items() if v is not None}
+            p = costs_lib.prices_from_cost_map(deployment_models, _litellm.model_cost, eot)
+        else:
+            p = self.prices.select(names)
+        return costs_lib.request_costs(p, [self.count_tokens(t) for t in texts])
+
+    # ------------------------------------------------------------------------- calibration
+
+    def _calibration(self, snap: _Snapshot, rows: list[int], deployment_models: list[str]) -> Calibrated:
+        key = (snap.version, tuple(rows))
+        cal = self._calibrations.get(key)
+        if cal is not None:
+            return cal
+        if self._calibration_embeddings is None or self._calibration_embeddings.shape[1] != snap.router.dim:
+            self._calibration_embeddings = self._embed(self.calibration_prompts, snap.router.dim)
+        x = self._calibration_embeddings
+        sub = snap.pool.select([snap.pool.names[r] for r in rows])
+        per_request = self._costs(snap, rows, deployment_models, self.calibration_prompts).astype(np.float64)
+        if self.prices is None:
+            curve = snap.router.exact_curve(x, sub)
+        else:
+            # Exact for the decisions made with each model's mean cost on the sample, realised at
+            # the per-request costs; the achieved cost below is that of the per-request decisions.
+            curve = snap.router.exact_curve(x, sub.with_costs(per_request.mean(axis=0)), prompt_costs=per_request)
+        c = calibrate(curve, cost=self.target_cost)
+        lam_hi, lam_lo, p_hi = float(c.lam_high_cost[0]), float(c.lam_low_cost[0]), float(c.p_high[0])
+        clusters = snap.clusters.rows(x)
+        achieved = 0.0
+        for lam, weight in ((lam_hi, p_hi), (lam_lo, 1.0 - p_hi)):
+            if weight > 0:
+                chosen = [decide(k, list(range(len(rows))), sub.psi[:, k], per_request[j], lam).model
+                          for j, k in enumerate(clusters)]
+                achieved += weight * float(per_request[np.arange(len(chosen)), chosen].mean())
+        cal = Calibrated(self.target_cost, lam_hi, lam_lo, p_hi, achieved, bool(c.feasible[0]), int(x.shape[0]))
+        self._calibrations[key] = cal
+        log = logger.info if cal.feasible else logger.warning
+        log("uniroute: calibrated to mean cost %g on %d prompts: lambda %g (p=%.3f) / %g, achieved %g%s",
+            cal.target_cost, cal.n_sample, lam_hi, p_hi, lam_lo, achieved,
+            "" if cal.feasible else " (target below the cheapest decisions: routing at the cheapest)")
+        return cal
+
+    # ------------------------------------------------------------------------- deciding
+
+    def decision(self, text: str, embedding: np.ndarray, snap: _Snapshot, rows: list[int],
+               deployment_models: list[str]) -> tuple[Decision, dict[str, Any]]:
+        """The decision for one request (host side) and extra trace fields."""
+        cluster = int(snap.clusters.rows(embedding)[0])
+        extra: dict[str, Any] = {}
+        if self.target_cost is not None:
+            cal = self._calibration(snap, rows, deployment_models)
+            lam = cal.lam_high_cost if self._rng.random() < cal.p_high else cal.lam_low_cost
+            extra["target_cost"] = cal.target_cost
+        else:
+            lam = self.lam
+        if snap.beta is not None:
+            a, b = snap.beta
+            error = feedback.sample_psi(a[rows, cluster], b[rows, cluster], self._np_rng)
+            extra["thompson"] = True
+        else:
+            error = snap.pool.psi[rows, cluster]
+        cost = self._costs(snap, rows, deployment_models, [text])[0]
+        names = [snap.pool.names[r] for r in rows]
+        return decide(cluster, names, error, cost, lam), extra
+
+    async def run(self, context: RoutingContext) -> RoutingContext:
+        """The routing-plugin entry point: narrows `context.candidate_models` to UniRoute's choice."""
+        group = context.metadata.get("model_group") if isinstance(context.metadata, Mapping) else None
+        if self.model_groups is not None and group not in self.model_groups:
+            return context
+        start = time.perf_counter()
+        try:
+            self._maybe_reload()
+            snap = self._snapshot
+            if snap is None:
+                raise RuntimeError(f"router/pool not loaded: {self._load_error}")
+            rows, kept = self.candidates(snap, group, context.candidate_models)
+            if not rows:
+                if self.model_groups is None:
+                    return context  # not a UniRoute group
+                raise ValueError(f"no deployment of group {group!r} has a row in the pool "
+                                 f"(deployments {list(context.candidate_models)}, pool {list(snap.pool.names)})")
+            text = prompt_text(context.structured_messages or context.raw_messages,
+                               use_system_prompt=self.use_system_prompt)
+            if text is None:
+                raise ValueError("the request has no user message text to route on")
+            if self.embed_in_thread:
+                embedding = await asyncio.to_thread(self._embed, [text], snap.router.dim)
+            else:
+                embedding = self._embed([text], snap.router.dim)
+            decision, extra = self.decision(text, embedding, snap, rows, kept)
+        except Exception as err:  # noqa: BLE001 - never drop a request over routing
+            return self._fall_back(context, group, f"{type(err).__name__}: {err}")
+        deployment = kept[decision.names.index(decision.model)]
+        context.candidate_models = [deployment]
+        trace = {**decision.as_dict(), "deployment": deployment, "group": group, "pool_version": snap.version,
+                 "fallback": None, "decision_ms": round(1e3 * (time.perf_counter() - start), 3), **extra}
+        context.signals[SIGNAL] = trace
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("uniroute: %s", json.dumps(trace, separators=(",", ":")))
+        return context
+
+    def _fall_back(self, context: RoutingContext, group: str | None, reason: str) -> RoutingContext:
+        target = None
+        if self.default_model is not None:
+            snap = self._snapshot
+            for m in context.candidate_models:
+                if m == self.default_model or (snap is not None and self._pool_row(snap.pool, m) is not None
+                                               and snap.pool.names[self._pool_row(snap.pool, m)] == self.default_model):
+                    target = m
+                    break
+        if target is not None:
+            context.candidate_models = [target]
+        context.signals[SIGNAL] = {"fallback": reason, "model": self.default_model if target else None,
+                                   "deployment": target, "group": group}
+        logger.warning("uniroute: routing failed for group %r (%s); sending to %s", group, reason,
+                       target or "the group's own strategy")
+        return context
+
+
+# ------------------------------------------------------------------------- response headers
+
+
+def trace_from_request(data: Mapping) -> dict | None:
+    """The UniRoute trace of a request's data (proxy request dict or Router kwargs), if any."""
+    for key in ("metadata", "litellm_metadata"):
+        md = data.get(key)
+        if isinstance(md, Mapping):
+            signals = md.get("routing_plugin_signals")
+            if isinstance(signals, Mapping) and isinstance(signals.get(SIGNAL), Mapping):
+                return dict(signals[SIGNAL])
+    return None
+
+
+def trace_headers_of(trace: Mapping) -> dict[str, str]:
+    """`x-uniroute-*` headers of a trace: model, cluster, lambda, fallback and the whole trace as JSON."""
+    headers = {"x-uniroute-trace": json.dumps(trace, separators=(",", ":"))}
+    if trace.get("model") is not None:
+        headers["x-uniroute-model"] = str(trace["model"])
+    if trace.get("cluster") is not None:
+        headers["x-uniroute-cluster"] = str(trace["cluster"])
+    if trace.get("lam") is not None:
+        headers["x-uniroute-lambda"] = f"{trace['lam']:g}"
+    if trace.get("fallback"):
+        headers["x-uniroute-fallback"] = str(trace["fallback"])[:200]
+    return headers
+
+
+class TraceHeaders(CustomLogger):
+    """Proxy callback that copies each request's UniRoute trace into `x-uniroute-*` response headers."""
+
+    async def async_post_call_response_headers_hook(self, data, user_api_key_dict, response,
+                                                    request_headers=None, litellm_call_info=None):
+        trace = trace_from_request(data)
+        return None if trace is None else trace_headers_of(trace)
+
+
+trace_headers = TraceHeaders()
+"""The instance the proxy config names: `litellm_settings.callbacks: [uniroute_jax.integrations.litellm.trace_headers]`."""
+
+
+def __getattr__(name: str):
+    # `proxy_plugin` is built on first access (the proxy's dotted-path lookup), from UNIROUTE_* variables.
+    if name == "proxy_plugin":
+        plugin = UniRoutePlugin.from_env()
+        globals()["proxy_plugin"] = plugin
+        return plugin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ------------------------------------------------------------------------------ command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m uniroute_jax.integrations.litellm demo-files DIR`: writes a demo router, pool and sample."""
+    import argparse  # noqa: PLC0415
+
+    from uniroute_jax.integrations._litellm_demo import MODELS, write_demo_files  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m uniroute_jax.integrations.litellm")
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo-files", help="write a small demo router.npz, pool.npz and prompts.txt into DIR")
+    d.add_argument("out", help="folder to write into")
+    d.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    paths = write_demo_files(args.out, seed=args.seed)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    print(f"pool models (deployments openai/<name> match them): {', '.join(MODELS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
