@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import uniroute_jax as ur
-from uniroute_jax._src.cli import build_parser
-from uniroute_jax._src.explain import add_parser, choose, decide, explain
+from uniroute_jax._src.cli import main
+from uniroute_jax._src.explain import choose, decide, explain
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +55,12 @@ def test_explain_command_prints_the_table(fitted, tmp_path, capsys):
     router.save(tmp_path / "r.npz")
     pool.save(tmp_path / "p.npz")
     np.save(tmp_path / "e.npy", x[:3])
-    parser = build_parser()
-    add_parser(parser._subparsers._group_actions[0])  # what cli.py registers
-    args = parser.parse_args(["explain", "-r", str(tmp_path / "r.npz"), "-p", str(tmp_path / "p.npz"),
-                              "-e", str(tmp_path / "e.npy"), "--lam", "0.5", "--json"])
-    assert args.func(args) == 0
+    assert main(["explain", "-r", str(tmp_path / "r.npz"), "-p", str(tmp_path / "p.npz"),
+                 "-e", str(tmp_path / "e.npy"), "--lam", "0.5", "--json"]) == 0
     rows = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
     assert [r["model"] for r in rows] == list(router.route(x[:3], pool, 0.5).model)
     assert {c["name"] for c in rows[0]["candidates"]} == set(pool.names)
-    args = parser.parse_args(["explain", "-r", str(tmp_path / "r.npz"), "-p", str(tmp_path / "p.npz"),
-                              "-e", str(tmp_path / "e.npy")])
-    assert args.func(args) == 0
+    assert main(["explain", "-r", str(tmp_path / "r.npz"), "-p", str(tmp_path / "p.npz"),
+                 "-e", str(tmp_path / "e.npy")]) == 0
     out = capsys.readouterr().out
     assert out.count("<-") == 3 and "est. error" in out

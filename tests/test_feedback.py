@@ -115,18 +115,15 @@ def test_two_processes_observing_one_file_lose_no_update(world, tmp_path):
 
 
 def test_observe_command_updates_the_file(world, tmp_path, capsys):
-    from uniroute_jax._src.cli import build_parser
-    from uniroute_jax._src.feedback import add_parser
+    from uniroute_jax._src.cli import main
 
     router, x, q = world
     router.save(tmp_path / "r.npz")
     pool = router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0])
     write_pool_atomic(pool, tmp_path / "p.npz")
     np.save(tmp_path / "e.npy", x[800:803])
-    parser = build_parser()
-    add_parser(parser._subparsers._group_actions[0])  # what cli.py registers
-    args = parser.parse_args(["observe", "-r", str(tmp_path / "r.npz"), "-p", str(tmp_path / "p.npz"),
-                              "-e", str(tmp_path / "e.npy"), "--model", "b", "--correct", "1,0,1"])
-    assert args.func(args) == 0 and "3 observation(s)" in capsys.readouterr().out
+    code = main(["observe", "-r", str(tmp_path / "r.npz"), "-p", str(tmp_path / "p.npz"),
+                 "-e", str(tmp_path / "e.npy"), "--model", "b", "--correct", "1,0,1"])
+    assert code == 0 and "3 observation(s)" in capsys.readouterr().out
     np.testing.assert_allclose(ur.Pool.load(tmp_path / "p.npz").psi,
                                observe(pool, router, x[800:803], "b", [1, 0, 1]).psi)

@@ -14,6 +14,7 @@ from uniroute_jax._src.curves import (
     exact_curve,
     route_calibrated,
 )
+from uniroute_jax._src.costs import Prices, prices, prices_from_cost_map, request_costs
 from uniroute_jax._src.data import (
     RoutingDataset,
     load_alpacaeval,
@@ -31,7 +32,9 @@ from uniroute_jax._src.evaluation import EvaluationResult, ProtocolConfig, evalu
 from uniroute_jax._src.fixed_pool import FixedPoolConfig, FixedPoolRouter, random_router_estimates
 from uniroute_jax._src.kmeans import KMeansResult, assign_clusters, kmeans
 from uniroute_jax._src.knn import knn_estimates, knn_estimates_multi
+from uniroute_jax._src.explain import Decision, explain
 from uniroute_jax._src.feature_maps import HardMap, SoftMap
+from uniroute_jax._src.feedback import observe, observe_file
 from uniroute_jax._src.learned_map import LearnedMapConfig
 from uniroute_jax._src.metrics import (
     CurveMetrics,
@@ -95,6 +98,7 @@ __all__ = [
     "CurveMetrics",
     "CurvePoints",
     "Curves",
+    "Decision",
     "DEFAULT_ALPHA",
     "ErrorIntervals",
     "ErrorVectors",
@@ -108,6 +112,7 @@ __all__ = [
     "LLMs",
     "Pool",
     "PoolReference",
+    "Prices",
     "Prompts",
     "PromptSpace",
     "ProtocolConfig",
@@ -142,6 +147,7 @@ __all__ = [
     "error_vectors",
     "evaluate",
     "exact_curve",
+    "explain",
     "interpolate_curve",
     "kmeans",
     "knn_estimates",
@@ -156,13 +162,18 @@ __all__ = [
     "load_shared",
     "make_units",
     "make_world",
+    "observe",
+    "observe_file",
     "oracle_estimates",
     "pareto_mask",
     "peak_quality",
     "pool_mesh",
     "pool_reference",
+    "prices",
+    "prices_from_cost_map",
     "qnc",
     "random_router_estimates",
+    "request_costs",
     "resolve_model_dir",
     "route",
     "route_calibrated",

@@ -368,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quick", action="store_true", help="a small run (about a minute)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_theory)
+
+    from uniroute_jax._src import explain, feedback  # noqa: PLC0415 (each registers its own command)
+    explain.add_parser(sub)
+    feedback.add_parser(sub)
     return p
 
 

@@ -1,7 +1,7 @@
 """Why a prompt goes where it goes: the decision of one request, with every candidate's score.
 
-A decision is `argmin_h Psi(h)[cluster] + lam * cost(h)` over the candidates. `Decision` keeps
-the cluster, each candidate's estimated error, cost and score, `lam` and the chosen model, so a
+A decision is `argmin_h Phi(x) . Psi(h) + lam * cost(h)` over the candidates (`Psi(h)[cluster]`
+under a k-means map). `Decision` keeps the cluster, each candidate's estimated error, cost and score, `lam` and the chosen model, so a
 served request can carry its reason (see `integrations.litellm`) and `uniroute explain` can print
 the same table for any text:
 
@@ -30,7 +30,7 @@ class Decision(NamedTuple):
     cluster: int  # the prompt's cluster
     lam: float  # trade-off used
     names: tuple[str, ...]  # [n_candidates]
-    error: np.ndarray  # [n_candidates] estimated error Psi(h)[cluster]
+    error: np.ndarray  # [n_candidates] estimated error Phi(x) . Psi(h)
     cost: np.ndarray  # [n_candidates] cost of this request on each candidate
     score: np.ndarray  # [n_candidates] error + lam * cost
 
@@ -95,11 +95,12 @@ def explain(router, pool, embeddings: ArrayLike, lam: float, *, costs: ArrayLike
     Returns:
       `n_prompts` `Decision`s.
     """
-    from uniroute_jax._src.router import check_pool  # noqa: PLC0415 (keeps this module import-light)
+    from uniroute_jax._src.pool import check_pool  # noqa: PLC0415 (keeps this module import-light)
 
     check_pool(pool, router.n_clusters)
     lam = validation.nonnegative_float(lam, "lam")
-    clusters = router.assign(embeddings)
+    errors = router.estimates(embeddings, pool)  # Phi(x) . Psi(h): Psi[cluster] under a hard map
+    clusters = router.assign(embeddings) if router.feature_map.hard else np.argmax(router.features(embeddings), axis=1)
     n = clusters.shape[0]
     if costs is None:
         table = np.broadcast_to(pool.costs, (n, len(pool)))
@@ -109,7 +110,7 @@ def explain(router, pool, embeddings: ArrayLike, lam: float, *, costs: ArrayLike
     if rows.size == 0:
         raise ValueError("models is empty: give at least one model of the pool")
     names = [pool.names[i] for i in rows]
-    return [decide(int(k), names, pool.psi[rows, k], table[j, rows], lam) for j, k in enumerate(clusters)]
+    return [decide(int(k), names, errors[j, rows], table[j, rows], lam) for j, k in enumerate(clusters)]
 
 
 # ------------------------------------------------------------------------------- command line

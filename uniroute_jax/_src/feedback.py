@@ -25,7 +25,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uniroute_jax._src import validation
-from uniroute_jax._src.router import Pool
+from uniroute_jax._src.pool import Pool
 
 
 def _overall_error(pool: Pool) -> np.ndarray:

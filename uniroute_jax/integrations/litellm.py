@@ -277,9 +277,13 @@ class UniRoutePlugin:
                 raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {router.n_clusters}")
             if len(pool) == 0:
                 raise ValueError("pool is empty")
+            if not router.feature_map.hard:
+                raise ValueError("the LiteLLM component serves k-means routers (per-cluster estimates and "
+                                 "posteriors); this router has a learned soft map")
             k = router.n_clusters
-            clusters = RoutingTable(router.centroids, np.arange(k, dtype=np.int32), tuple(map(str, range(k))),
-                                    router.metric, jax_from=1 << 30)
+            # An identity table: its host path is the nearest-centroid search, one cluster per row.
+            clusters = RoutingTable(router.feature_map, np.zeros((k, k), np.float32), np.zeros(k, np.float32), 0.0,
+                                    tuple(map(str, range(k))), np.arange(k, dtype=np.int32), jax_from=1 << 30)
             beta = feedback.posterior(pool, router.alpha) if self.thompson else None
             self._version += 1
             self._calibrations.clear()
@@ -377,12 +381,8 @@ class UniRoutePlugin:
         x = self._calibration_embeddings
         sub = snap.pool.select([snap.pool.names[r] for r in rows])
         per_request = self._costs(snap, rows, deployment_models, self.calibration_prompts).astype(np.float64)
-        if self.prices is None:
-            curve = snap.router.exact_curve(x, sub)
-        else:
-            # Exact for the decisions made with each model's mean cost on the sample, realised at
-            # the per-request costs; the achieved cost below is that of the per-request decisions.
-            curve = snap.router.exact_curve(x, sub.with_costs(per_request.mean(axis=0)), prompt_costs=per_request)
+        # Exact for the decisions the component makes: per model, or per request with prices.
+        curve = snap.router.exact_curve(x, sub, request_costs=None if self.prices is None else per_request)
         c = calibrate(curve, cost=self.target_cost)
         lam_hi, lam_lo, p_hi = float(c.lam_high_cost[0]), float(c.lam_low_cost[0]), float(c.p_high[0])
         clusters = snap.clusters.rows(x)
