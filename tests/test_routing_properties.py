@@ -125,9 +125,9 @@ def test_table_rules_one_model_and_empty_pool(rule):
     est = TABLE_RULES[rule](val_q, test_q)
     for lam in LAMS:
         assert set(_route_table(est, np.array([0.3]), lam, ("only",))) == {"only"}
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="model_mask selects no model"):
         ur.route(np.eye(N_TEST, dtype=np.float32), est.T, [0.3], 0.1, model_mask=[False])
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="those pools are empty"):
         ur.sweep(est, ur.make_units(None, costs=[0.3], quality=test_q), [0.3], LAMS, pool_masks=[[False]])
     unchecked = ur.route_kernel(np.eye(N_TEST, dtype=np.float32), est.T, np.array([0.3], np.float32),
                                 np.array([False]), np.float32(0.1))
@@ -179,9 +179,9 @@ def test_uniroute_hard_one_model_and_empty_pool():
     pool = router.represent(X_VAL, np.ones(N_VAL, np.float32), ["only"], [0.3])
     for lam in LAMS:
         assert set(router.route(X_TEST, pool, lam).model) == {"only"}
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="pool is empty"):
         router.route(X_TEST, ur.Pool.empty(N_CLUSTERS), 0.1)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="pool is empty"):
         router.sweep(X_TEST, ur.Pool.empty(N_CLUSTERS))
 
 
@@ -232,7 +232,7 @@ def test_uniroute_soft_one_model_and_empty_pool(soft_router):
     pool = soft_router.represent(X_VAL, np.ones((N_VAL, 1), np.float32), ["only"], [0.3])
     for lam in LAMS:
         assert set(soft_router.route(X_TEST, pool, lam).model) == {"only"}
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="pool is empty"):
         soft_router.route(X_TEST, ur.Pool.empty(N_CLUSTERS), 0.1)
 
 
