@@ -22,6 +22,9 @@ import pytest
 from uniroute_jax._src import evaluation as ev
 from uniroute_jax._src.data import RoutingDataset
 
+# Two `evaluate` runs whose compile time (k-means at K = 1 and 4, K-NN, exact curves) dominates.
+pytestmark = pytest.mark.slow
+
 N_PROMPTS, DIM, N_BLOBS = 400, 8, 4
 CONFIG = ev.ProtocolConfig(n_trials=1, seed=7, k_grid=(1, 4), knn_grid=(3, 40), n_init=2)
 METHODS = (ev.ZERO, ev.KNN, ev.KMEANS, ev.ORACLE)
