@@ -649,8 +649,10 @@ def summary_markdown(s: dict[str, Any]) -> str:
     if "verdicts" in s:
         lines += ["## Verdicts", "", "Margin: slack when positive, size of the violation when negative.", "",
                   "| check | theorem | verdict | margin | detail |", "|---|---|---|---|---|"]
-        lines += [f"| {v['check']} | {'yes' if v['theorem'] else 'no (reported)'} | "
-                  f"{'holds' if v['holds'] else 'FAILS'} | {v['margin']:+.3g} | {v['detail']} |" for v in s["verdicts"]]
+        cell = lambda text: text.replace("|", "\\|")  # noqa: E731  (absolute values inside a table)
+        lines += [f"| {cell(v['check'])} | {'yes' if v['theorem'] else 'no (reported)'} | "
+                  f"{'holds' if v['holds'] else 'FAILS'} | {v['margin']:+.3g} | {cell(v['detail'])} |"
+                  for v in s["verdicts"]]
         failed = [v for v in s["verdicts"] if v["theorem"] and not v["holds"]]
         lines += ["", f"**{len(failed)} theorem check(s) fail.**" if failed else "Every theorem check holds.", ""]
     lines += [f"Wall time: {s['wall_seconds']:.0f} s."]
