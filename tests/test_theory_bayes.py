@@ -18,6 +18,9 @@ PROFILE = settings(deadline=None, derandomize=True, database=None, max_examples=
 LAMS = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 47)]).astype(np.float32)
 
 probs = lambda shape: hnp.arrays(np.float64, shape, elements=st.floats(0.0, 1.0, width=32))  # noqa: E731
+# Distinct entries: no constant error matrix, no tied slopes (shrinking drives plain arrays to zeros).
+distinct_probs = lambda shape: hnp.arrays(  # noqa: E731
+    np.float64, shape, elements=st.floats(0.0, 1.0, width=32), unique=True)
 costs_st = lambda n: hnp.arrays(  # noqa: E731
     np.float64, (n,), elements=st.floats(0.015625, 1.0, width=32), unique=True)
 
@@ -31,7 +34,7 @@ def _np_scores(scores, costs, mask, lam):
 
 
 @PROFILE
-@given(p=probs((4, 3)), c=costs_st(3))
+@given(p=distinct_probs((4, 3)), c=costs_st(3))
 def test_exact_frontier_matches_brute_force_over_all_81_routers(p, c):
     fr = bayes.exact_frontier(p, c)
     rc, re = bayes.deterministic_routers(p, c)
@@ -41,7 +44,7 @@ def test_exact_frontier_matches_brute_force_over_all_81_routers(p, c):
 
 
 @PROFILE
-@given(p=probs((4, 3)), c=costs_st(3), lam_i=st.integers(0, len(LAMS) - 1))
+@given(p=distinct_probs((4, 3)), c=costs_st(3), lam_i=st.integers(1, len(LAMS) - 1))
 def test_bayes_router_is_never_beaten(p, c, lam_i):
     lam = LAMS[lam_i]
     choice = np.asarray(bayes.bayes_choices(jnp.asarray(p, jnp.float32), jnp.asarray(c, jnp.float32),
@@ -189,3 +192,81 @@ def test_dominated_llm_never_changes_a_decision(p, c, extra, gap, d, lam_i):
     before = np.asarray(_choice_jit(jnp.asarray(p, jnp.float32), jnp.asarray(c, jnp.float32), m4, jnp.asarray(lam)))
     after = np.asarray(_choice_jit(jnp.asarray(p5, jnp.float32), jnp.asarray(c5, jnp.float32), m5, jnp.asarray(lam)))
     np.testing.assert_array_equal(after, before + 1)
+
+
+# ------------------------------------------------------------------ against a general LP solver
+
+
+def _random_routing_lp(seed: int, n_units: int = 24, n_models: int = 6):
+    """A non-degenerate instance: distinct error probabilities and costs, random pools (every unit
+    keeps at least two models) and random unit weights (a few zero)."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.02, 0.98, size=(n_units, n_models))
+    c = np.sort(rng.uniform(0.05, 1.0, size=n_models))[rng.permutation(n_models)]
+    mask = rng.uniform(size=(n_units, n_models)) < 0.7
+    for u in range(n_units):
+        mask[u, rng.choice(n_models, 2, replace=False)] = True
+    w = rng.uniform(0.2, 2.0, size=n_units) * (rng.uniform(size=n_units) > 0.1)
+    return p, c, mask, w
+
+
+def _linprog_routing(p, c, mask, w, budget):
+    """min sum_u w_u sum_h q_uh p_uh  s.t.  sum_u w_u sum_h q_uh c_h <= B,  sum_h q_uh = 1,
+    q_uh >= 0 and q_uh = 0 outside the unit's pool: solved by HiGHS with no knowledge of lambda."""
+    from scipy.optimize import linprog
+
+    n_units, n_models = p.shape
+    wn = w / w.sum()
+    res = linprog((wn[:, None] * p).ravel(), A_ub=(wn[:, None] * np.broadcast_to(c, p.shape)).ravel()[None, :],
+                  b_ub=[budget], A_eq=np.kron(np.eye(n_units), np.ones((1, n_models))), b_eq=np.ones(n_units),
+                  bounds=[(0.0, None) if ok else (0.0, 0.0) for ok in mask.ravel()], method="highs")
+    return res
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_frontier_and_bayes_router_match_highs_at_fixed_budgets(seed):
+    pytest.importorskip("scipy")
+    p, c, mask, w = _random_routing_lp(seed)
+    cm = np.where(mask, c, np.inf)
+    wn = w / w.sum()
+    least = wn @ cm.min(axis=1)
+    most = wn @ c[np.argmin(np.where(mask, p, np.inf), axis=1)]
+    frontier = bayes.exact_frontier(p, c, mask, w)
+    # Budgets fixed in advance (not produced by any lambda sweep), from just affordable to slack.
+    for budget in least + np.array([0.02, 0.13, 0.31, 0.5, 0.77, 0.95, 1.2]) * (most - least):
+        res = _linprog_routing(p, c, mask, w, budget)
+        assert res.status == 0, res.message
+        # The greedy-by-slope frontier is the LP optimum.
+        assert bayes.frontier_error(frontier, budget) == pytest.approx(res.fun, abs=1e-9)
+        # Proposition 1: at the LP's own dual price lambda* of the budget, the Bayes router
+        # argmin_h p + lambda* c attains the LP value in the Lagrangian (strong duality with one
+        # lambda for every unit and pool) ...
+        lam = -float(res.ineqlin.marginals[0])
+        assert lam >= -1e-12
+        choice = np.asarray(bayes.bayes_choices(jnp.asarray(p, jnp.float32), jnp.asarray(c, jnp.float32),
+                                                jnp.asarray(mask), jnp.asarray([lam], jnp.float32)))[0]
+        rows = np.arange(p.shape[0])
+        assert np.all(mask[rows, choice])
+        lagrangian = wn @ (p[rows, choice] + lam * c[choice])
+        assert lagrangian - lam * budget == pytest.approx(res.fun, abs=2e-6 * (1 + lam))
+        # ... and mixing its decisions just below and just above lambda* meets the budget with
+        # the LP's error.
+        lo, hi = (np.asarray(bayes.bayes_choices(jnp.asarray(p, jnp.float32), jnp.asarray(c, jnp.float32),
+                                                 jnp.asarray(mask), jnp.asarray([x], jnp.float32)))[0]
+                  for x in (lam * (1 - 1e-4), lam * (1 + 1e-4) + 1e-7))
+        c_lo, c_hi = wn @ c[lo], wn @ c[hi]
+        e_lo, e_hi = wn @ p[rows, lo], wn @ p[rows, hi]
+        assert c_hi <= budget + 1e-9
+        if c_lo <= budget + 1e-12:  # the budget does not bind
+            assert e_lo == pytest.approx(res.fun, abs=1e-6)
+        else:
+            theta = (c_lo - budget) / (c_lo - c_hi)
+            assert (1 - theta) * e_lo + theta * e_hi == pytest.approx(res.fun, abs=1e-6)
+
+
+def test_highs_agrees_that_no_budget_below_the_cheapest_routing_is_feasible():
+    pytest.importorskip("scipy")
+    p, c, mask, w = _random_routing_lp(7)
+    least = (w / w.sum()) @ np.where(mask, c, np.inf).min(axis=1)
+    assert _linprog_routing(p, c, mask, w, least - 1e-3).status == 2  # infeasible
+    assert bayes.frontier_error(bayes.exact_frontier(p, c, mask, w), least - 1e-3) == np.inf

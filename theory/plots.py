@@ -5,6 +5,11 @@
 
 Writes PNGs, `summary.json` and `summary.md` to DIR and prints the summary. Every number comes
 from instances drawn with explicit keys from `--seed`, so a run is reproducible.
+
+Each check ends in a verdict (`verdicts`): holds or fails, with its margin (slack when positive,
+size of the violation when negative). The process exits with status 1 when a check that
+`theory/README.md` states as a theorem fails; the paper's own readings of Proposition 2, which are
+not theorems, are reported but do not change the status.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -33,6 +39,9 @@ COST_POWERS = (0.25, 0.5, 1.0, 2.0)
 POOL_SIZES = (2, 4, 8, 12)
 FRONTIER_HETS = (0.0, 0.5, 1.5, 3.0)
 EXCESS_FLOOR = 1e-4
+PROP1_TOL = 1e-6
+"""Proposition 1's residuals are compared with float32's resolution of the router's argmin: the
+choices are made in float32, the frontier and the expectations in float64."""
 """Ratios bound / excess are summarised over instances whose excess exceeds this (a ratio over an
 excess of 1e-7 says nothing about tightness)."""
 
@@ -136,6 +145,7 @@ def summarise_prop2(rec: dict[str, np.ndarray]) -> dict[str, Any]:
             b = rec[r]
             ratio = b[mask & pos] / excess[mask & pos]
             out[r] = {"hold_rate": float(np.mean(b[mask] >= excess[mask] - bounds.HOLD_TOL)),
+                      "min_margin": float(np.min(b[mask] - excess[mask])) if mask.any() else None,
                       "median_ratio": float(np.median(ratio)) if ratio.size else None,
                       "min_ratio": float(ratio.min()) if ratio.size else None}
         return out
@@ -199,7 +209,13 @@ def summarise_finite(fs: dict[str, np.ndarray], run: RunConfig) -> dict[str, Any
         }
     return {"n_instances": run.n_fs_instances, "n_draws": run.n_draws, "by_n_val": per,
             "min_coverage_minus_nominal": float(min(
-                held[:, ..., j].mean(axis=(1, 2)).min() - (1 - d) for j, d in enumerate(run.deltas)))}
+                held[:, ..., j].mean(axis=(1, 2)).min() - (1 - d) for j, d in enumerate(run.deltas))),
+            # Coverage minus (nominal - 3 binomial standard errors of the draws): < 0 is a failure
+            # the sampling noise of n_instances x n_draws draws does not explain.
+            "min_coverage_minus_tolerance": float(min(
+                held[:, ..., j].mean(axis=(1, 2)).min() - (1 - d) + 3 * np.sqrt(d * (1 - d) / held[0, ..., j].size)
+                for j, d in enumerate(run.deltas))),
+            "oracle_bound_min_margin": float(np.min(fs["oracle_bound"] - fs["excess"]))}
 
 
 def _delta_index(run: RunConfig, delta: float) -> int:
@@ -261,6 +277,7 @@ def run_prop1(run: RunConfig, batches, key: jax.Array, log) -> dict[str, Any]:
         "random_routers_min_gap": float(gap_r.min()), "perturbed_bayes_min_gap": float(gap_p.min()),
         "n_routers_beating_frontier": int((gap_r < -1e-9).sum() + (gap_p < -1e-9).sum()),
         "split_budget_max_extra_error": float((split - joint).max()),
+        "split_budget_min_extra_error": float((split - joint).min()),
         "split_budget_extra_error_at": float(grid[np.argmax(split - joint)]),
     }
     log("prop1 done")
@@ -510,6 +527,63 @@ def plot_coverage(fs, run: RunConfig, path: str):
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------ verdicts
+
+
+def _verdict(check: str, theorem: bool, margin: float, detail: str) -> dict[str, Any]:
+    return {"check": check, "theorem": theorem, "holds": bool(margin >= 0), "margin": float(margin), "detail": detail}
+
+
+def verdicts(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """One verdict per check of the summary: holds when `margin >= 0`.
+
+    `theorem` marks what `theory/README.md` proves (Proposition 1, the proven readings of
+    Proposition 2, the finite-sample bound); the paper's own readings of Proposition 2 are not
+    theorems and are reported for information.
+    """
+    p1, d, p2, fs = s["prop1"], s["prop1"]["dynamic_pools"], s["prop2"], s["finite_sample"]
+    single = max(max(i["max_abs_frontier_gap"], i["max_abs_dual_gap"]) for i in p1["instances"])
+    dyn = max(d["max_abs_frontier_gap"], d["max_abs_dual_gap"])
+    beat = min(d["random_routers_min_gap"], d["perturbed_bayes_min_gap"])
+    out = [
+        _verdict("Proposition 1: the lambda sweep lies on the exact LP frontier (dynamic pools)", True,
+                 PROP1_TOL - dyn, f"max |frontier gap|, |dual gap| = {dyn:.2e} (tolerance {PROP1_TOL:g})"),
+        _verdict("Proposition 1: the lambda sweep lies on the exact LP frontier (single pools)", True,
+                 PROP1_TOL - single, f"max gap = {single:.2e} (tolerance {PROP1_TOL:g})"),
+        _verdict("Proposition 1: no random or perturbed router beats the exact frontier", True,
+                 beat + 1e-9 if d["n_routers_beating_frontier"] == 0 else min(beat, -1e-9),
+                 f"{d['n_routers_beating_frontier']} routers beat it; smallest gap {beat:.3g}"),
+        _verdict("Proposition 1: one shared lambda is no worse than splitting the budget per pool", True,
+                 d["split_budget_min_extra_error"] + 1e-12,
+                 f"smallest extra error of the split = {d['split_budget_min_extra_error']:.2e}"),
+        _verdict("Proposition 2: the excess risk is never negative", True,
+                 p2["min_excess_over_lambda"] + bounds.HOLD_TOL, f"smallest excess {p2['min_excess_over_lambda']:.2e}"),
+    ]
+    zero = p2["zero_heterogeneity_true_clusters_max_excess"]
+    if zero is not None:
+        out.append(_verdict("Proposition 2: no excess with zero heterogeneity and the true clusters", True,
+                            bounds.HOLD_TOL - zero, f"largest excess {zero:.2e}"))
+    for r, label in READINGS.items():
+        a = p2["all"][r]
+        out.append(_verdict(f"Proposition 2, {label}", r in ("one_sided", "range_bound", "corrected"),
+                            a["min_margin"] + bounds.HOLD_TOL,
+                            f"holds on {100 * a['hold_rate']:.2f}% of {p2['all']['n_instances']} instances"))
+    out += [
+        _verdict("Finite-sample bound, deterministic form: holds on every validation draw", True,
+                 fs["oracle_bound_min_margin"] + bounds.HOLD_TOL,
+                 f"smallest bound - excess = {fs['oracle_bound_min_margin']:.3g}"),
+        _verdict("Finite-sample bound: coverage >= 1 - delta (3 binomial standard errors)", True,
+                 fs["min_coverage_minus_tolerance"],
+                 f"smallest coverage - nominal = {fs['min_coverage_minus_nominal']:+.3f}"),
+    ]
+    return out
+
+
+def failed_theorems(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verdicts of theorems that fail."""
+    return [v for v in summary["verdicts"] if v["theorem"] and not v["holds"]]
+
+
 # ------------------------------------------------------------------------------ summary
 
 
@@ -571,7 +645,17 @@ def summary_markdown(s: dict[str, Any]) -> str:
                      f"{100 * v['coverage_max_form'][key]:.1f}% | {v['median_excess_estimated']:.4f} | "
                      f"{v['median_bound_delta_0.1']:.3f} | {_fmt(v['median_ratio_bound_over_excess_delta_0.1'])} |")
     lines += ["", f"Smallest (coverage - nominal) over all N_val and delta: "
-              f"{fs['min_coverage_minus_nominal']:+.3f}.", "", f"Wall time: {s['wall_seconds']:.0f} s."]
+              f"{fs['min_coverage_minus_nominal']:+.3f}.", ""]
+    if "verdicts" in s:
+        lines += ["## Verdicts", "", "Margin: slack when positive, size of the violation when negative.", "",
+                  "| check | theorem | verdict | margin | detail |", "|---|---|---|---|---|"]
+        cell = lambda text: text.replace("|", "\\|")  # noqa: E731  (absolute values inside a table)
+        lines += [f"| {cell(v['check'])} | {'yes' if v['theorem'] else 'no (reported)'} | "
+                  f"{'holds' if v['holds'] else 'FAILS'} | {v['margin']:+.3g} | {cell(v['detail'])} |"
+                  for v in s["verdicts"]]
+        failed = [v for v in s["verdicts"] if v["theorem"] and not v["holds"]]
+        lines += ["", f"**{len(failed)} theorem check(s) fail.**" if failed else "Every theorem check holds.", ""]
+    lines += [f"Wall time: {s['wall_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
@@ -619,6 +703,7 @@ def run_all(out_dir: str, *, quick: bool = False, seed: int = 0, verbose: bool =
         "prop2": summarise_prop2(rec),
         "finite_sample": summarise_finite(fs, run),
     }
+    summary["verdicts"] = verdicts(summary)
     summary["wall_seconds"] = time.time() - t0
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)
@@ -630,14 +715,18 @@ def run_all(out_dir: str, *, quick: bool = False, seed: int = 0, verbose: bool =
     return summary
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Numerical checks of UniRoute's Propositions 1 and 2, with plots.")
     parser.add_argument("--out", required=True, help="output directory for PNGs and summary.json / summary.md")
     parser.add_argument("--quick", action="store_true", help="small run (used by the tests)")
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed of every draw")
     args = parser.parse_args(argv)
-    run_all(args.out, quick=args.quick, seed=args.seed)
+    summary = run_all(args.out, quick=args.quick, seed=args.seed)
+    failed = failed_theorems(summary)
+    for v in failed:
+        print(f"theory: FAILS: {v['check']} (margin {v['margin']:+.3g}; {v['detail']})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
