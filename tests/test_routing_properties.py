@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import uniroute_jax as ur
+from uniroute_jax import kernels
 
 PROPS = settings(max_examples=12, deadline=None, derandomize=True, database=None)
 N_VAL, N_TEST, N_MODELS, DIM, N_CLUSTERS = 24, 16, 4, 3, 3
@@ -129,7 +130,7 @@ def test_table_rules_one_model_and_empty_pool(rule):
         ur.route(np.eye(N_TEST, dtype=np.float32), est.T, [0.3], 0.1, model_mask=[False])
     with pytest.raises(ValueError, match="those pools are empty"):
         ur.sweep(est, ur.make_units(None, costs=[0.3], quality=test_q), [0.3], LAMS, pool_masks=[[False]])
-    unchecked = ur.route_kernel(np.eye(N_TEST, dtype=np.float32), est.T, np.array([0.3], np.float32),
+    unchecked = kernels.route_kernel(np.eye(N_TEST, dtype=np.float32), est.T, np.array([0.3], np.float32),
                                 np.array([False]), np.float32(0.1))
     assert not bool(unchecked.feasible) and np.all(np.asarray(unchecked.choice) == -1)
 
