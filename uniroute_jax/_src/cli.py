@@ -191,7 +191,7 @@ def _cmd_add_model(args) -> int:
 
     name = validation.model_name(args.name, "--name")
     pool_path = persistence.npz_path(args.pool)
-    if pool_path.exists() and not os.access(pool_path, os.W_OK):
+    if pool_path.exists() and (not os.access(pool_path, os.W_OK) or not pool_path.stat().st_mode & 0o222):
         raise CLIError(f"--pool {pool_path} is read-only; make it writable or give another pool file")
     router, _ = _load_router_pool(args, need_pool=False)
     x = _embeddings(read_matrix(args.val_embeddings, "val-embeddings", key="embeddings"), "val-embeddings", router)
@@ -299,6 +299,20 @@ def _cmd_route(args) -> int:
     ids = ids if ids is not None else list(range(len(decision.model)))
     rows = [[i, str(m), int(c)] for i, m, c in zip(ids, decision.model, decision.cluster)]
     write_table(args.out, [first, "model", "cluster"], rows, args.format)
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    check_output(args.out, "--out", {"texts": args.texts})
+    if not args.out.endswith(".npy"):
+        raise CLIError(f"--out {args.out} must end in .npy")
+    ids, texts = read_prompts(args.texts)
+    x = np.asarray(_embed_texts(texts, args), np.float32)
+    with persistence.write_atomic(args.out) as f:
+        np.save(f, x, allow_pickle=False)
+    print(f"{x.shape[0]} prompts embedded ({x.shape[1]} dims) into {args.out}"
+          + (" in the file's prompt order" if ids is None else " in the order of their prompt_id rows"),
+          file=sys.stderr)
     return 0
 
 
@@ -459,6 +473,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cost", required=True, type=float, help="cost per query")
     a.add_argument("--replace", action="store_true", help="overwrite a model of the same name")
     a.set_defaults(func=_cmd_add_model)
+
+    m = sub.add_parser("embed", help="embed prompt texts with all-MiniLM-L6-v2; write an embeddings .npy")
+    m.add_argument("texts", help="prompt texts (.jsonl/.csv/.txt)")
+    m.add_argument("--out", "-o", required=True, help=".npy file to write, one row per prompt")
+    m.add_argument("--model-dir", help="embedding model folder (default: installed package)")
+    m.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
+    m.set_defaults(func=_cmd_embed)
 
     r = sub.add_parser("route", help="choose a model for each prompt at a trade-off --lam")
     r.add_argument("--router", "-r", required=True)
