@@ -58,11 +58,6 @@ def _read_csv_numbers(p: Path, name: str, allow_nan: bool) -> np.ndarray:
     except UnicodeDecodeError as err:
         raise CLIError(f"{name}: {p} is not UTF-8 text ({err.reason} at byte {err.start}); "
                        "save it as UTF-8") from None
-    width = max((len(r) for r in rows), default=0)
-    if width > 1:
-        # Blank lines between rows of a table are layout; a blank line in a one-column file is a
-        # missing value wherever it is, the end included.
-        rows = [r for r in rows if r != [""]]
     if not rows or all(r == [""] for r in rows):
         raise CLIError(f"{name}: {p} is empty")
 
@@ -87,7 +82,12 @@ def _read_csv_numbers(p: Path, name: str, allow_nan: bool) -> np.ndarray:
     # A header is a first row of names only; a row mixing numbers and text is an error, not a header.
     first = [c.strip() for c in rows[0] if c.strip()]
     start = 1 if first and not any(is_number(c) for c in first) else 0
-    out = [[parse(c, r, j) for j, c in enumerate(row)] for r, row in enumerate(rows[start:], start)]
+    body = list(enumerate(rows[start:], start))
+    if max((len(r) for _, r in body), default=0) > 1:
+        # Blank lines between rows of a table are layout; a blank line in a one-column file is a
+        # missing value wherever it is, the end included.
+        body = [(r, row) for r, row in body if row != [""]]
+    out = [[parse(c, r, j) for j, c in enumerate(row)] for r, row in body]
     if not out:
         raise CLIError(f"{name}: {p} holds a header and no rows")
     widths = {len(r) for r in out}
@@ -199,6 +199,9 @@ def _cmd_add_model(args) -> int:
     q = q.reshape(-1, 1) if q.ndim == 1 or (q.ndim == 2 and 1 in q.shape) else q
     if q.ndim != 2 or q.shape[1] != 1:
         raise CLIError(f"correctness must hold one value per validation prompt, got shape {q.shape}")
+    q = validation.unit_interval(validation.float_array(q, "correctness", allow_nan=True), "correctness")
+    if q.shape[0] != x.shape[0]:
+        raise CLIError(f"correctness has {q.shape[0]} values but val-embeddings has {x.shape[0]} prompts")
     cost = validation.nonnegative_float(args.cost, "cost")
     new = router.represent(x, q, [name], [cost])
     # Read, change and write the pool under its lock: concurrent add-model runs queue here
