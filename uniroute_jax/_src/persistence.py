@@ -21,7 +21,6 @@ import json
 import os
 import stat
 import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -177,11 +176,14 @@ def load_arrays(path: str | os.PathLike, kind: str) -> tuple[dict[str, np.ndarra
     if magic.startswith(_NPY_MAGIC):
         raise ValueError(f"{path} is a bare NumPy array (.npy), not a {FORMAT} {kind} file")
     if not magic.startswith(_ZIP_MAGIC):
-        raise ValueError(f"{path} is not a {FORMAT} {kind} file (not an .npz archive)")
+        raise ValueError(f"{path} is not a readable {FORMAT} {kind} file (not an .npz archive: truncated or "
+                         "corrupt, or another kind of file)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, RuntimeError) as err:
+    except Exception as err:  # zipfile and np.load raise many types on damaged bytes; all mean the same
+        if isinstance(err, MemoryError):
+            raise
         raise ValueError(f"{path} is not a readable {FORMAT} {kind} file (truncated or corrupt): {err}") from None
     if _META not in arrays:
         raise ValueError(f"{path} is not a {FORMAT} file: it has no {_META} entry")
