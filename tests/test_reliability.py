@@ -441,21 +441,23 @@ def test_ctrl_c_stops_kmeans_between_chunks(monkeypatch):
 
     from uniroute_jax._src import kmeans as km
 
-    calls = []
+    x = np.random.default_rng(0).normal(size=(400, 4)).astype(np.float32)
+    full = int(km.kmeans(x, 8, key=0, n_init=2, tol=0.0, max_iter=300).n_iter)
+    done = []  # iterations reached by the restarts after each chunk
     real = km._lloyd_chunk
 
     def chunk(*a, **k):
-        calls.append(1)
-        if len(calls) == 1:
+        states, running = real(*a, **k)
+        done.append(int(np.max(states.n_iter)))
+        if len(done) == 1:
             _thread.interrupt_main()  # what Ctrl-C does: a KeyboardInterrupt in the main thread
-        return real(*a, **k)
+        return states, running
 
     monkeypatch.setattr(km, "CHUNK_ITERS", 1)
     monkeypatch.setattr(km, "_lloyd_chunk", chunk)
-    x = np.random.default_rng(0).normal(size=(400, 4)).astype(np.float32)
     with pytest.raises(KeyboardInterrupt):
         km.kmeans(x, 8, key=0, n_init=2, tol=0.0, max_iter=300)
-    assert len(calls) <= 2
+    assert full > 3 and done and max(done) <= 2  # stopped after a chunk, long before the fit's end
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
