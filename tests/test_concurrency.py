@@ -49,7 +49,15 @@ def _stray(folder: Path) -> list[str]:
 ADD_MODEL_WORKER = textwrap.dedent("""
     import os, sys, time
     from uniroute_jax._src import cli
-    import uniroute_jax._src.router  # pay the imports before the start signal
+    from uniroute_jax._src import router  # pay the imports before the start signal
+
+    # A slow disk: reading the pool takes 0.2 s, so unsynchronised read-change-writes overlap.
+    real_load = router.Pool.load.__func__
+    def slow_load(cls, path):
+        pool = real_load(cls, path)
+        time.sleep(0.2)
+        return pool
+    router.Pool.load = classmethod(slow_load)
     ready, go = sys.argv[1], sys.argv[2]
     open(ready, "w").close()
     deadline = time.time() + 100

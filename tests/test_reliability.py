@@ -130,6 +130,8 @@ def test_blank_last_labels_read_as_missing(setup, tmp_path, capsys):
 def test_permuted_pool_names_fail_the_checksum(tmp_path):
     path = tmp_path / "pool.npz"
     Pool(("a", "b"), [1.0, 2.0], [[0.1, 0.2], [0.8, 0.9]], np.ones((2, 2)), [[0.1, 0.2], [0.8, 0.9]]).save(path)
+    _rewrite_meta(path, lambda m: m)
+    assert Pool.load(path).names == ("a", "b")  # rewriting alone changes nothing
     _rewrite_meta(path, lambda m: {**m, "names": ["b", "a"]})
     with pytest.raises(ValueError, match="fails its checksum"):
         Pool.load(path)
@@ -139,6 +141,8 @@ def test_permuted_pool_names_fail_the_checksum(tmp_path):
 def test_edited_router_metadata_fails_the_checksum(setup, tmp_path, field, value):
     path = tmp_path / "r.npz"
     setup["router"].save(path)
+    _rewrite_meta(path, lambda m: m)
+    assert UniRouter.load(path).alpha == setup["router"].alpha
     _rewrite_meta(path, lambda m: {**m, field: value})
     with pytest.raises(ValueError, match="fails its checksum"):
         UniRouter.load(path)
