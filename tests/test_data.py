@@ -398,8 +398,6 @@ def test_load_embedllm_without_order_files(tmp_path):
      r"train.csv, line 2, column 'label': label must be in \[0, 1\], got '2'"),
     ("train.csv", "model_id,prompt_id,label\n0,0,yes\n",
      r"train.csv, line 2, column 'label': label 'yes' is not a number"),
-    ("train.csv", "model_id,prompt_id,label\n0,0,1\n0,0,0\n",
-     r"train.csv, line 3: model '0' prompt '0' has label 0 but train.csv line 2 says 1"),
     ("test.csv", "model_id,prompt_id,label\n9,3,1\n",
      r"model_id\(s\) \['9'\] appear in the split files"),
     ("question_order.csv", "prompt_id,body\n0,x\n", "missing a text column"),

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from uniroute_jax._src import validation
+from uniroute_jax._src import persistence, validation
+from uniroute_jax._src.filelock import locked
 
 
 class CLIError(Exception):
@@ -49,12 +51,14 @@ def read_matrix(path: str, name: str, *, key: str | None = None, allow_nan: bool
 
 
 def _read_csv_numbers(p: Path, name: str, allow_nan: bool) -> np.ndarray:
-    with open(p, newline="") as f:
-        # A blank line inside a one-column file is a missing value; trailing blank lines are not.
-        rows = [r if r else [""] for r in csv.reader(f)]
-    while rows and rows[-1] == [""]:
-        rows.pop()
-    if not rows:
+    try:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") must not glue itself to the first cell.
+        with open(p, newline="", encoding="utf-8-sig") as f:
+            rows = [r if r else [""] for r in csv.reader(f)]
+    except UnicodeDecodeError as err:
+        raise CLIError(f"{name}: {p} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                       "save it as UTF-8") from None
+    if not rows or all(r == [""] for r in rows):
         raise CLIError(f"{name}: {p} is empty")
 
     def parse(cell: str, r: int, c: int) -> float:
@@ -68,12 +72,24 @@ def _read_csv_numbers(p: Path, name: str, allow_nan: bool) -> np.ndarray:
         except ValueError:
             raise CLIError(f"{name}: {p} row {r + 1} column {c + 1} is not a number: {cell!r}") from None
 
-    start = 0
-    try:
-        [float(c) for c in rows[0] if c.strip()]
-    except ValueError:
-        start = 1  # header
-    out = [[parse(c, r, j) for j, c in enumerate(row)] for r, row in enumerate(rows[start:], start)]
+    def is_number(cell: str) -> bool:
+        try:
+            float(cell)
+            return True
+        except ValueError:
+            return False
+
+    # A header is a first row of names only; a row mixing numbers and text is an error, not a header.
+    first = [c.strip() for c in rows[0] if c.strip()]
+    start = 1 if first and not any(is_number(c) for c in first) else 0
+    body = list(enumerate(rows[start:], start))
+    if max((len(r) for _, r in body), default=0) > 1:
+        # Blank lines between rows of a table are layout; a blank line in a one-column file is a
+        # missing value wherever it is, the end included.
+        body = [(r, row) for r, row in body if row != [""]]
+    out = [[parse(c, r, j) for j, c in enumerate(row)] for r, row in body]
+    if not out:
+        raise CLIError(f"{name}: {p} holds a header and no rows")
     widths = {len(r) for r in out}
     if len(widths) > 1:
         raise CLIError(f"{name}: {p} rows have different numbers of columns {sorted(widths)}")
@@ -81,10 +97,13 @@ def _read_csv_numbers(p: Path, name: str, allow_nan: bool) -> np.ndarray:
 
 
 def write_table(path: str | None, header: list[str], rows: list[list], fmt: str | None = None) -> None:
-    """Writes rows as CSV (default) or JSONL (by `fmt` or a `.jsonl` suffix); stdout when path is None."""
+    """Writes rows as CSV (default) or JSONL (by `fmt` or a `.jsonl` suffix); stdout when path is None.
+
+    A file is written whole or not at all (temporary file, then rename).
+    """
     fmt = fmt or ("jsonl" if path and path.endswith(".jsonl") else "csv")
-    out = open(path, "w", newline="") if path else sys.stdout
-    try:
+
+    def emit(out) -> None:
         if fmt == "jsonl":
             for row in rows:
                 out.write(json.dumps(dict(zip(header, row))) + "\n")
@@ -92,9 +111,37 @@ def write_table(path: str | None, header: list[str], rows: list[list], fmt: str 
             w = csv.writer(out)
             w.writerow(header)
             w.writerows(rows)
-    finally:
-        if path:
-            out.close()
+
+    if path is None:
+        emit(sys.stdout)
+        return
+    with persistence.write_atomic(path, "w", newline="", encoding="utf-8") as out:
+        emit(out)
+
+
+def check_output(path: str | None, option: str, inputs: dict[str, str | None]) -> None:
+    """Raises unless `path` (given as `option`) is none of the `inputs` and its folder can be written."""
+    if path is None:
+        return
+    out = Path(path)
+    for opt, given in inputs.items():
+        if given and os.path.realpath(out) in {os.path.realpath(given),
+                                               os.path.realpath(persistence.npz_path(given))}:
+            raise CLIError(f"{option} {path} is the input {opt}: choose another output file")
+    if out.is_dir():
+        raise CLIError(f"{option} {path} is a folder; give a file name")
+    folder = out.parent if str(out.parent) else Path(".")
+    if folder.exists() and not os.access(folder, os.W_OK):
+        raise CLIError(f"{option} {path}: cannot write to the folder {folder}")
+
+
+def parse_names(value: str | None, extra: list[str] | None, option: str = "--models") -> list[str] | None:
+    """Model names from a comma-separated `--models` and repeated `--model` (names holding commas)."""
+    names = [m.strip() for m in value.split(",")] if value else []
+    if value and any(not m for m in names):
+        raise CLIError(f"{option} {value!r} holds an empty name")
+    names += list(extra or [])
+    return names or None
 
 
 # ---------------------------------------------------------------------------------- commands
@@ -109,6 +156,7 @@ def _cmd_demo(args) -> int:
 def _cmd_fit(args) -> int:
     from uniroute_jax._src.router import UniRouter
 
+    check_output(args.out, "--out", {"embeddings": args.embeddings})
     x = read_matrix(args.embeddings, "embeddings", key="embeddings")
     router = UniRouter.fit(x, args.clusters, seed=args.seed, n_init=args.n_init, metric=args.metric,
                            alpha=args.alpha, verbose=True)
@@ -130,60 +178,99 @@ def _load_router_pool(args, need_pool: bool = True):
     return router, pool
 
 
+def _embeddings(x: np.ndarray, name: str, router) -> np.ndarray:
+    """Refuses rows the router cannot place (all zero under cosine, or not finite)."""
+    x = validation.float_array(x, name, ndim=2)
+    if router.metric == "cosine":
+        validation.embedding_rows(x, name)
+    return x
+
+
 def _cmd_add_model(args) -> int:
     from uniroute_jax._src.router import Pool
 
+    name = validation.model_name(args.name, "--name")
+    pool_path = persistence.npz_path(args.pool)
+    if pool_path.exists() and (not os.access(pool_path, os.W_OK) or not pool_path.stat().st_mode & 0o222):
+        raise CLIError(f"--pool {pool_path} is read-only; make it writable or give another pool file")
     router, _ = _load_router_pool(args, need_pool=False)
-    pool = Pool.load(args.pool) if Path(args.pool).exists() else Pool.empty(router.n_clusters)
-    if args.name in pool:
-        if not args.replace:
-            raise CLIError(f"model {args.name!r} is already in {args.pool}; pass --replace to overwrite it")
-        pool = pool.remove(args.name)
-    x = read_matrix(args.val_embeddings, "val-embeddings", key="embeddings")
+    x = _embeddings(read_matrix(args.val_embeddings, "val-embeddings", key="embeddings"), "val-embeddings", router)
     q = read_matrix(args.correctness, "correctness", key="correctness", allow_nan=True)
     q = q.reshape(-1, 1) if q.ndim == 1 or (q.ndim == 2 and 1 in q.shape) else q
     if q.ndim != 2 or q.shape[1] != 1:
         raise CLIError(f"correctness must hold one value per validation prompt, got shape {q.shape}")
+    q = validation.unit_interval(validation.float_array(q, "correctness", allow_nan=True), "correctness")
+    if q.shape[0] != x.shape[0]:
+        raise CLIError(f"correctness has {q.shape[0]} values but val-embeddings has {x.shape[0]} prompts")
     cost = validation.nonnegative_float(args.cost, "cost")
-    new = router.represent(x, q, [args.name], [cost])
-    pool = pool + new
-    path = pool.save(args.pool)
+    new = router.represent(x, q, [name], [cost])
+    # Read, change and write the pool under its lock: concurrent add-model runs queue here
+    # instead of each writing back the pool it read and losing the others' models.
+    with locked(pool_path):
+        pool = Pool.load(pool_path) if pool_path.exists() else Pool.empty(router.n_clusters)
+        if pool.n_clusters != router.n_clusters:
+            raise CLIError(f"pool {pool_path} has {pool.n_clusters} clusters but router {args.router} has "
+                           f"{router.n_clusters}: represent the models with this router")
+        order = list(pool.names)
+        if name in pool:
+            if not args.replace:
+                raise CLIError(f"model {name!r} is already in {pool_path}; pass --replace to overwrite it")
+            pool = pool.remove(name)
+        else:
+            order.append(name)
+        pool = (pool + new).select(order)  # a replaced model keeps its place
+        path = pool.save(pool_path)
     n = int(new.counts.sum())
-    print(f"added {args.name!r} (cost {cost:g}, {n} validation labels, error {new.error_sums.sum() / max(n, 1):.3f}) "
+    print(f"added {name!r} (cost {cost:g}, {n} validation labels, error {new.error_sums.sum() / max(n, 1):.3f}) "
           f"to {path}: {len(pool)} models")
     return 0
 
 
-def read_texts(path: str) -> list[str]:
-    """Prompt texts from `.jsonl` (a "text" or "prompt" field per line), `.csv` (a "text" or
-    "prompt" column) or `.txt` (one prompt per line)."""
+def read_prompts(path: str) -> tuple[list[str] | None, list[str]]:
+    """`(prompt ids or None, texts)` from `.jsonl` (a "text" or "prompt" field per line, optional
+    "prompt_id"), `.csv` (a "text" or "prompt" column, optional "prompt_id") or `.txt` (one prompt
+    per line, no ids)."""
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"texts: no such file {path}")
-    if p.suffix == ".jsonl":
-        out = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CLIError(f"texts: {path} line {i} is not JSON: {err}") from None
-            text = obj.get("text", obj.get("prompt")) if isinstance(obj, dict) else obj
-            if not isinstance(text, str):
-                raise CLIError(f"texts: {path} line {i} has no string field 'text' or 'prompt'")
-            out.append(text)
-        return out
-    if p.suffix == ".csv":
-        with open(p, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            field = next((c for c in ("text", "prompt") if c in (reader.fieldnames or [])), None)
-            if field is None:
-                raise CLIError(f"texts: {path} has no 'text' or 'prompt' column (columns: {reader.fieldnames})")
-            return [row[field] for row in reader]
-    if p.suffix == ".txt":
-        return [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        if p.suffix == ".jsonl":
+            ids, out = [], []
+            for i, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise CLIError(f"texts: {path} line {i} is not JSON: {err}") from None
+                text = obj.get("text", obj.get("prompt")) if isinstance(obj, dict) else obj
+                if not isinstance(text, str):
+                    raise CLIError(f"texts: {path} line {i} has no string field 'text' or 'prompt'")
+                out.append(text)
+                ids.append(obj.get("prompt_id") if isinstance(obj, dict) else None)
+            has_ids = any(i is not None for i in ids)
+            if has_ids and any(i is None for i in ids):
+                raise CLIError(f"texts: {path} gives 'prompt_id' on some lines only")
+            return ([str(i) for i in ids] if has_ids else None), out
+        if p.suffix == ".csv":
+            with open(p, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                field = next((c for c in ("text", "prompt") if c in (reader.fieldnames or [])), None)
+                if field is None:
+                    raise CLIError(f"texts: {path} has no 'text' or 'prompt' column (columns: {reader.fieldnames})")
+                rows = list(reader)
+            ids = [r["prompt_id"] for r in rows] if "prompt_id" in (reader.fieldnames or []) else None
+            return ids, [r[field] for r in rows]
+        if p.suffix == ".txt":
+            return None, [line for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise CLIError(f"texts: {path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     raise CLIError(f"texts: unsupported file type {p.suffix!r} for {path} (use .jsonl, .csv or .txt)")
+
+
+def read_texts(path: str) -> list[str]:
+    """Prompt texts of a file read by `read_prompts`."""
+    return read_prompts(path)[1]
 
 
 def _embed_texts(texts: list[str], args) -> np.ndarray:
@@ -196,35 +283,75 @@ def _embed_texts(texts: list[str], args) -> np.ndarray:
 
 
 def _cmd_route(args) -> int:
-    router, pool = _load_router_pool(args)
     if (args.embeddings is None) == (args.texts is None):
         raise CLIError("give exactly one of --embeddings and --texts")
+    check_output(args.out, "--out", {"--router": args.router, "--pool": args.pool,
+                                     "--embeddings": args.embeddings, "--texts": args.texts})
+    router, pool = _load_router_pool(args)
+    ids = None
     if args.texts:
-        x = _embed_texts(read_texts(args.texts), args)
+        ids, texts = read_prompts(args.texts)
+        x = _embed_texts(texts, args)
     else:
         x = read_matrix(args.embeddings, "embeddings", key="embeddings")
-    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    x = _embeddings(x, "embeddings", router)
+    models = parse_names(args.models, args.model)
     decision = router.route(x, pool, args.lam, models=models)
-    rows = [[i, str(m), int(c)] for i, (m, c) in enumerate(zip(decision.model, decision.cluster))]
-    write_table(args.out, ["prompt", "model", "cluster"], rows, args.format)
+    # Rows carry the prompts' own ids when the file gives them, else their position.
+    first = "prompt_id" if ids is not None else "prompt"
+    ids = ids if ids is not None else list(range(len(decision.model)))
+    rows = [[i, str(m), int(c)] for i, m, c in zip(ids, decision.model, decision.cluster)]
+    write_table(args.out, [first, "model", "cluster"], rows, args.format)
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    check_output(args.out, "--out", {"texts": args.texts})
+    if not args.out.endswith(".npy"):
+        raise CLIError(f"--out {args.out} must end in .npy")
+    ids, texts = read_prompts(args.texts)
+    x = np.asarray(_embed_texts(texts, args), np.float32)
+    with persistence.write_atomic(args.out) as f:
+        np.save(f, x, allow_pickle=False)
+    print(f"{x.shape[0]} prompts embedded ({x.shape[1]} dims) into {args.out}"
+          + (" in the file's prompt order" if ids is None else " in the order of their prompt_id rows"),
+          file=sys.stderr)
     return 0
 
 
 def _cmd_sweep(args) -> int:
+    from uniroute_jax._src import metrics
     from uniroute_jax._src.plots import plot_curves
 
+    inputs = {"--router": args.router, "--pool": args.pool, "--embeddings": args.embeddings,
+              "--quality": args.quality}
+    check_output(args.out, "--out", inputs)
+    check_output(args.plot, "--plot", inputs)
     router, pool = _load_router_pool(args)
-    x = read_matrix(args.embeddings, "embeddings", key="embeddings")
+    x = _embeddings(read_matrix(args.embeddings, "embeddings", key="embeddings"), "embeddings", router)
     quality = None
     if args.quality:
         quality = read_matrix(args.quality, "quality", key="quality")
-    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    models = parse_names(args.models, args.model)
     curves = router.sweep(x, pool, quality=quality, subsets=[models] if models else None, n_budgets=args.n_budgets)
     rows = [[float(l), float(c), float(q), float(e)] for l, c, q, e in
             zip(curves.lams, curves.mean_cost[0], curves.mean_quality[0], curves.mean_error_estimate[0])]
     write_table(args.out, ["lam", "mean_cost", "mean_quality", "mean_error_estimate"], rows)
+    used = np.flatnonzero(curves.masks[0])
+    if quality is not None:
+        # The paper's summary: cost normalised by the priciest model of the pool, QNC's target the
+        # test accuracy of the most accurate one.
+        cost, q = curves.mean_cost[0], curves.mean_quality[0]
+        valid = np.ones(cost.shape, bool)
+        norm = float(pool.costs[used].max())
+        target = float(np.asarray(quality, np.float64).mean(0)[used].max())
+        if norm > 0:
+            a = float(metrics.area(cost, q, valid, norm))
+            t = metrics.qnc(cost, q, valid, target, norm)
+            qnc_s = f"{float(t.value):.3f}" if bool(t.reached) else "not reached"
+            print(f"Area {a:.4f}; QNC {qnc_s} (target accuracy {target:.4f}; cost normalised by "
+                  f"{norm:g}, the priciest model's)", file=sys.stderr)
     if args.plot:
-        used = np.flatnonzero(curves.masks[0])
         plot_curves({"UniRoute": (curves.mean_cost[0], curves.mean_quality[0] if quality is not None
                                   else 1 - curves.mean_error_estimate[0])},
                     args.plot, points=(pool.costs[used], quality.mean(0)[used] if quality is not None else
@@ -235,11 +362,42 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _int_list(value: str, option: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(k) for k in value.split(","))
+    except ValueError:
+        raise CLIError(f"{option} must be comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise CLIError(f"{option} values must be >= 1, got {value!r}")
+    return out
+
+
 def _cmd_evaluate(args) -> int:
     from uniroute_jax._src import evaluation as ev
 
     if args.data and args.shared:
         raise CLIError("give --data or --shared, not both")
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(ev.DEFAULT_METHODS)
+    aliases = {m.lower(): m for m in ev.METHODS}
+    aliases.update({"zero": ev.ZERO, "knn": ev.KNN, "kmeans": ev.KMEANS, "learnedmap": ev.LEARNED, "mlp": ev.MLP,
+                    "mlp-retrained": ev.MLP_RETRAINED, "oracle": ev.ORACLE})
+    unknown = [m for m in methods if m.lower() not in aliases]
+    if unknown:
+        raise CLIError(f"unknown methods {unknown}; choose from {sorted(aliases)}")
+    kw = {"alpha": args.alpha, "metric": args.metric, "n_init": args.n_init}
+    if args.k_grid:
+        kw["k_grid"] = _int_list(args.k_grid, "--k-grid")
+    config = ev.ProtocolConfig(n_trials=args.trials, seed=args.seed, **kw)
+    # Check the output folder before the run, not after it.
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"--out {out}: cannot create the folder ({err.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise CLIError(f"--out {out}: cannot write to the folder")
     if args.data:
         from uniroute_jax._src.data import load_folder
 
@@ -252,29 +410,22 @@ def _cmd_evaluate(args) -> int:
         ds = ev.synthetic_dataset(args.seed)
     if ds.embeddings is None:
         ds = _embed_dataset(ds, args)
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(ev.DEFAULT_METHODS)
-    aliases = {m.lower(): m for m in ev.METHODS}
-    aliases.update({"zero": ev.ZERO, "knn": ev.KNN, "kmeans": ev.KMEANS, "learnedmap": ev.LEARNED, "mlp": ev.MLP,
-                    "mlp-retrained": ev.MLP_RETRAINED, "oracle": ev.ORACLE})
-    unknown = [m for m in methods if m.lower() not in aliases]
-    if unknown:
-        raise CLIError(f"unknown methods {unknown}; choose from {sorted(aliases)}")
-    kw = {}
-    if args.k_grid:
-        kw["k_grid"] = tuple(int(k) for k in args.k_grid.split(","))
-    config = ev.ProtocolConfig(n_trials=args.trials, seed=args.seed, **kw)
     res = ev.evaluate(ds, [aliases[m.lower()] for m in methods], config=config)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(res.table() + "\n")
-    (out / "table.csv").write_text(res.table("csv"))
-    rows = [[name, t, *(float(getattr(res.metrics[name], f)[t]) for f in res.metrics[name]._fields)]
+    with persistence.write_atomic(out / "table.md", "w", encoding="utf-8") as f:
+        f.write(res.table() + "\n")
+    with persistence.write_atomic(out / "table.csv", "w", encoding="utf-8", newline="") as f:
+        f.write(res.table("csv"))
+    rows = [[name, t, int(res.chosen_k[t]), int(res.chosen_knn_k[t]),
+             *(float(getattr(res.metrics[name], f)[t]) for f in res.metrics[name]._fields)]
             for name in res.methods for t in range(config.n_trials)]
-    write_table(str(out / "trials.csv"), ["method", "trial", *ev.metrics.CurveMetrics._fields], rows)
+    write_table(str(out / "trials.csv"), ["method", "trial", "chosen_K", "chosen_knn_k",
+                                          *ev.metrics.CurveMetrics._fields], rows)
     res.plot(out / "curves.png")
     print(res.table())
-    print(f"\nK chosen per trial: {np.bincount(res.chosen_k).nonzero()[0].tolist()}; "
-          f"written: {out / 'table.md'}, {out / 'table.csv'}, {out / 'trials.csv'}, {out / 'curves.png'}")
+    print(f"\nK chosen per trial: {res.chosen_k.tolist()}")
+    if ev.KNN in res.methods:
+        print(f"k (K-NN) chosen per trial: {res.chosen_knn_k.tolist()}")
+    print(f"written: {out / 'table.md'}, {out / 'table.csv'}, {out / 'trials.csv'}, {out / 'curves.png'}")
     return 0
 
 
@@ -326,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--replace", action="store_true", help="overwrite a model of the same name")
     a.set_defaults(func=_cmd_add_model)
 
+    m = sub.add_parser("embed", help="embed prompt texts with all-MiniLM-L6-v2; write an embeddings .npy")
+    m.add_argument("texts", help="prompt texts (.jsonl/.csv/.txt)")
+    m.add_argument("--out", "-o", required=True, help=".npy file to write, one row per prompt")
+    m.add_argument("--model-dir", help="embedding model folder (default: installed package)")
+    m.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
+    m.set_defaults(func=_cmd_embed)
+
     r = sub.add_parser("route", help="choose a model for each prompt at a trade-off --lam")
     r.add_argument("--router", "-r", required=True)
     r.add_argument("--pool", "-p", required=True)
@@ -335,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
     r.add_argument("--lam", type=float, required=True, help="trade-off >= 0 (0 = most accurate)")
     r.add_argument("--models", help="comma-separated subset of the pool to route among")
+    r.add_argument("--model", action="append", help="one model of the subset (repeatable; for names with commas)")
     r.add_argument("--out", "-o", help="output .csv or .jsonl (default: CSV on stdout)")
     r.add_argument("--format", choices=["csv", "jsonl"], help="output format (default from --out suffix)")
     r.set_defaults(func=_cmd_route)
@@ -345,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--embeddings", "-e", required=True, help="[n_prompts, dim] test-prompt embeddings")
     s.add_argument("--quality", "-q", help="[n_prompts, n_models] test quality, columns in pool order")
     s.add_argument("--models", help="comma-separated subset of the pool")
+    s.add_argument("--model", action="append", help="one model of the subset (repeatable; for names with commas)")
     s.add_argument("--n-budgets", type=int, default=256)
     s.add_argument("--out", "-o", help="CSV to write (default stdout)")
     s.add_argument("--plot", help="PNG to write")
@@ -358,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--methods", help="comma-separated: zero,knn,kmeans,learnedmap,mlp,mlp-retrained,oracle")
     e.add_argument("--k-grid", help="comma-separated candidate K (default 5,10,25,50,100)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    e.add_argument("--n-init", type=int, default=3, help="k-means restarts (default 3)")
+    e.add_argument("--alpha", type=float, default=1.0, help="shrinkage pseudo-count for sparse clusters (default 1)")
     e.add_argument("--model-dir", help="all-MiniLM-L6-v2 folder for embedding texts (default: installed package)")
     e.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
     e.add_argument("--out", "-o", default="uniroute_eval", help="output folder (default ./uniroute_eval)")

@@ -27,7 +27,9 @@ import dataclasses
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -465,15 +467,31 @@ def save_folder(dataset: RoutingDataset, path: PathLike, *, overwrite: bool = Fa
         if existing:
             raise FileExistsError(f"{folder} already holds {existing}; pass overwrite=True")
     folder.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        # A stale optional file (costs.csv, embeddings.npy) would change what loads back.
-        (folder / n).unlink(missing_ok=True)
+    # Everything is written into a temporary folder inside the target first; only once every file
+    # is complete do the old files go, by renames. A failed write leaves the old dataset whole.
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".save_folder."))
+    try:
+        _write_dataset_files(dataset, staging)
+        written = {p.name for p in staging.iterdir()}
+        for n in names:
+            if n in written:
+                os.replace(staging / n, folder / n)
+            else:
+                # A stale optional file (costs.csv, embeddings.npy) would change what loads back.
+                (folder / n).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
+
+def _write_dataset_files(dataset: RoutingDataset, folder: Path) -> None:
     def write(name: str, header: list[str], rows) -> None:
         with open(folder / name, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(header)
             writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
 
     cols = ["prompt_id"]
     extras = [(c, v) for c, v in (("text", dataset.texts), ("task", dataset.tasks),
@@ -492,8 +510,10 @@ def save_folder(dataset: RoutingDataset, path: PathLike, *, overwrite: bool = Fa
               ([pid] + [_fmt(c, False) for c in crow]
                for pid, crow in zip(dataset.prompt_ids.tolist(), dataset.costs)))
     if dataset.embeddings is not None:
-        np.save(folder / "embeddings.npy", dataset.embeddings, allow_pickle=False)
-    return folder
+        with open(folder / "embeddings.npy", "wb") as f:
+            np.save(f, dataset.embeddings, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -749,7 +769,9 @@ def load_embedllm(root: PathLike, *, costs: str | Mapping[str, float] = "uniform
       - `question_order.csv` or `prompts.csv` (optional): `prompt_id` and the text in `prompt`
         (or `question`/`text`); optional `category`. Fixes prompt order when present.
     Ids are kept as strings; without an order file, ids sort numerically when all are integers.
-    (model, prompt) pairs absent from every split file are unlabelled.
+    (model, prompt) pairs absent from every split file are unlabelled. A pair given on several
+    rows (EmbedLLM's CSVs repeat some) gets the largest of its labels, the rule of the EmbedLLM
+    authors' scripts (`algorithm/knn.py` groups by model_id, prompt_id, prompt and takes the max).
 
     Args:
       root: the folder.
@@ -762,7 +784,7 @@ def load_embedllm(root: PathLike, *, costs: str | Mapping[str, float] = "uniform
       The dataset (`name="embedllm"`), `costs` `[n_models]`.
 
     Raises:
-      ValueError: missing files or columns, bad labels, conflicting duplicate labels, ids absent
+      ValueError: missing files or columns, bad labels, ids absent
         from an order file, or a model without a cost.
     """
     folder = Path(root)
@@ -818,11 +840,10 @@ def load_embedllm(root: PathLike, *, costs: str | Mapping[str, float] = "uniform
                 raise ValueError(f"{path}, line {line}, column 'label': label must be in [0, 1], "
                                  f"got {cells[col['label']]!r}")
             where = f"{path.name} line {line}"
-            if (mid, pid) in labels and labels[(mid, pid)][0] != value:
-                raise ValueError(f"{path}, line {line}: model {mid!r} prompt {pid!r} has label "
-                                 f"{value:g} but {labels[(mid, pid)][1]} says "
-                                 f"{labels[(mid, pid)][0]:g}")
-            labels[(mid, pid)] = (value, where)
+            # EmbedLLM's own files repeat (model_id, prompt_id) rows; its authors' scripts keep the
+            # largest label of each pair, and so does this reader.
+            if (mid, pid) not in labels or value > labels[(mid, pid)][0]:
+                labels[(mid, pid)] = (value, where)
             splits_of.setdefault(pid, {})[split] = None
             models_seen.setdefault(mid)
             prompts_seen.setdefault(pid)

@@ -320,8 +320,18 @@ def evaluate(
     seconds: dict[str, float] = {}
     t_start = time.perf_counter()
 
+    if config.metric == "cosine":
+        validation.embedding_rows(np.asarray(dataset.embeddings), "dataset.embeddings")
+    else:
+        validation.float_array(dataset.embeddings, "dataset.embeddings", ndim=2)
     splits = make_splits(dataset.n_prompts, dataset.n_models, config)
     n_tr, n_va = splits.train.shape[1], splits.val.shape[1]
+    # A model without a validation label would get psi = 0 (never wrong) and win every cluster.
+    n_val_labels = np.asarray(dataset.label_mask)[splits.val].sum(axis=1)  # [T, n_models]
+    if (n_val_labels == 0).any():
+        t, j = (int(i) for i in np.argwhere(n_val_labels == 0)[0])
+        raise ValueError(f"model {dataset.model_names[j]!r} has no label among the {n_va} validation prompts of "
+                         f"trial {t}: its error cannot be estimated (label more prompts, or drop the model)")
     k_grid = tuple(k for k in config.k_grid if k <= n_tr)
     ks = tuple(k for k in config.knn_grid if k <= n_va)
     if not k_grid:
@@ -453,10 +463,11 @@ def format_table(res: EvaluationResult, fmt: str = "markdown") -> str:
     """Mean ± std over trials; QNC averages the trials that reach the target and counts them."""
     validation.choice(fmt, "fmt", ("markdown", "csv"))
     T = len(res.chosen_k)
-    ref = KMEANS if KMEANS in res.methods else None
+    # Paired sign tests on Area: against ZeroRouter ("does routing beat the best fixed mix?") and
+    # against UniRoute (K-Means), each when that method was run.
+    refs = [r for r in (ZERO, KMEANS) if r in res.methods]
     head = ["method", "Area", "Area(50%)", "QNC", "QNC reached", "peak accuracy", "AIQ", "APGR"]
-    if ref:
-        head.append(f"Area vs {ref}: wins/losses, p (sign test)")
+    head += [f"Area vs {ref}: wins/losses, p (sign test)" for ref in refs]
     rows = []
     for name in res.methods:
         m = res.metrics[name]
@@ -466,7 +477,7 @@ def format_table(res: EvaluationResult, fmt: str = "markdown") -> str:
                _mean_std(qnc[ok]) if ok.any() else "never", f"{ok.sum()}/{T}", _mean_std(m.peak_quality),
                _mean_std(m.aiq), _mean_std(np.asarray(m.apgr)[np.isfinite(m.apgr)]) if np.isfinite(m.apgr).any()
                else "n/a"]
-        if ref:
+        for ref in refs:
             if name == ref:
                 row.append("-")
             else:

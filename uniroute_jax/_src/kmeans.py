@@ -97,30 +97,87 @@ def _m_step(x, weights, labels, min_d2, n_clusters: int, cosine: bool):
     return _normalize(new) if cosine else new
 
 
-def _kmeans_single(key, x, weights, tol, *, n_clusters: int, max_iter: int, cosine: bool) -> KMeansResult:
-    x_sq = jnp.sum(x * x, axis=-1)
+def _lloyd_start(key, x, x_sq, weights, *, n_clusters: int, cosine: bool) -> _LloydState:
     init = _kmeanspp(key, x, x_sq, weights, n_clusters)
     if cosine:
         init = _normalize(init)
     labels0, _ = _nearest(x, x_sq, init)
-    state = _LloydState(init, labels0, jnp.asarray(jnp.inf, x.dtype), jnp.asarray(True), jnp.asarray(0, jnp.int32))
+    return _LloydState(init, labels0, jnp.asarray(jnp.inf, x.dtype), jnp.asarray(True), jnp.asarray(0, jnp.int32))
 
-    def cond(s: _LloydState):
-        return (s.n_iter < max_iter) & (s.shift > tol) & s.changed
 
-    def body(s: _LloydState):
-        labels, min_d2 = _nearest(x, x_sq, s.centroids)
-        new = _m_step(x, weights, labels, min_d2, n_clusters, cosine)
-        # Padding rows never count as a label change.
-        changed = jnp.any((labels != s.labels) & (weights > 0)) | (s.n_iter == 0)
-        shift = jnp.sum((new - s.centroids) ** 2)
-        return _LloydState(new, labels, shift, changed, s.n_iter + 1)
+def _lloyd_running(s: _LloydState, tol, max_iter: int):
+    return (s.n_iter < max_iter) & (s.shift > tol) & s.changed
 
-    final = jax.lax.while_loop(cond, body, state)
-    labels, min_d2 = _nearest(x, x_sq, final.centroids)
+
+def _lloyd_step(s: _LloydState, x, x_sq, weights, *, n_clusters: int, cosine: bool) -> _LloydState:
+    labels, min_d2 = _nearest(x, x_sq, s.centroids)
+    new = _m_step(x, weights, labels, min_d2, n_clusters, cosine)
+    # Padding rows never count as a label change.
+    changed = jnp.any((labels != s.labels) & (weights > 0)) | (s.n_iter == 0)
+    shift = jnp.sum((new - s.centroids) ** 2)
+    return _LloydState(new, labels, shift, changed, s.n_iter + 1)
+
+
+def _lloyd_finish(s: _LloydState, x, x_sq, weights, tol) -> KMeansResult:
+    labels, min_d2 = _nearest(x, x_sq, s.centroids)
     inertia = jnp.sum(weights * min_d2)
-    converged = (final.shift <= tol) | ~final.changed
-    return KMeansResult(final.centroids, labels, inertia, final.n_iter, converged)
+    converged = (s.shift <= tol) | ~s.changed
+    return KMeansResult(s.centroids, labels, inertia, s.n_iter, converged)
+
+
+def _kmeans_single(key, x, weights, tol, *, n_clusters: int, max_iter: int, cosine: bool) -> KMeansResult:
+    x_sq = jnp.sum(x * x, axis=-1)
+    state = _lloyd_start(key, x, x_sq, weights, n_clusters=n_clusters, cosine=cosine)
+    step = functools.partial(_lloyd_step, x=x, x_sq=x_sq, weights=weights, n_clusters=n_clusters, cosine=cosine)
+    final = jax.lax.while_loop(lambda s: _lloyd_running(s, tol, max_iter), step, state)
+    return _lloyd_finish(final, x, x_sq, weights, tol)
+
+
+# The same restarts in chunks of Lloyd iterations, returning to Python between chunks so that
+# Ctrl-C stops a long fit. Each restart runs exactly the iterations `kmeans_kernel` runs.
+CHUNK_ITERS = 16
+
+
+@functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "cosine"))
+def _chunked_start(key, x, weights, *, n_clusters: int, n_init: int, cosine: bool):
+    if cosine:
+        x = _normalize(x)
+    x_sq = jnp.sum(x * x, axis=-1)
+    start = functools.partial(_lloyd_start, n_clusters=n_clusters, cosine=cosine)
+    states = jax.vmap(start, in_axes=(0, None, None, None))(jax.random.split(key, n_init), x, x_sq, weights)
+    return x, x_sq, states
+
+
+@functools.partial(jax.jit, static_argnames=("n_clusters", "max_iter", "cosine"))
+def _lloyd_chunk(states, x, x_sq, weights, tol, stop_at, *, n_clusters: int, max_iter: int, cosine: bool):
+    """Advances every restart until it stops or reaches `stop_at` iterations; `(states, any running)`."""
+
+    def one(s):
+        step = functools.partial(_lloyd_step, x=x, x_sq=x_sq, weights=weights, n_clusters=n_clusters, cosine=cosine)
+        return jax.lax.while_loop(lambda s: _lloyd_running(s, tol, max_iter) & (s.n_iter < stop_at), step, s)
+
+    states = jax.vmap(one)(states)
+    return states, jnp.any(jax.vmap(lambda s: _lloyd_running(s, tol, max_iter))(states))
+
+
+@jax.jit
+def _chunked_finish(states, x, x_sq, weights, tol) -> KMeansResult:
+    runs = jax.vmap(_lloyd_finish, in_axes=(0, None, None, None, None))(states, x, x_sq, weights, tol)
+    best = jnp.argmin(runs.inertia)
+    return jax.tree.map(lambda leaf: leaf[best], runs)
+
+
+def _kmeans_chunked(key, x, weights, tol, *, n_clusters: int, n_init: int, max_iter: int, metric: str) -> KMeansResult:
+    cosine = metric == "cosine"
+    x, x_sq, states = _chunked_start(key, x, weights, n_clusters=n_clusters, n_init=n_init, cosine=cosine)
+    stop_at = 0
+    while stop_at < max_iter:
+        stop_at = min(stop_at + CHUNK_ITERS, max_iter)
+        states, running = _lloyd_chunk(states, x, x_sq, weights, tol, jnp.asarray(stop_at, jnp.int32),
+                                       n_clusters=n_clusters, max_iter=max_iter, cosine=cosine)
+        if not bool(running):  # waits for the chunk: a pending Ctrl-C is raised here
+            break
+    return _chunked_finish(states, x, x_sq, weights, tol)
 
 
 @functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "max_iter", "metric"))
@@ -201,8 +258,19 @@ def kmeans(
     n_valid = int(np.count_nonzero(w))
     if n_clusters > n_valid:
         raise ValueError(f"n_clusters must be <= the number of points with positive weight ({n_valid}), got {n_clusters}")
-    if metric == "cosine" and np.any(np.linalg.norm(x[w > 0], axis=1) == 0):
+    if metric == "cosine" and not np.all(np.any(x[w > 0] != 0, axis=1)):
         raise ValueError("x has an all-zero row, which has no direction under metric='cosine'")
+    # Scale by powers of two (exact: directions and ratios do not change) so that squared norms
+    # neither overflow (|x| ~ 1e20) nor underflow (|x| ~ 1e-30) in float32.
+    scale = 0
+    if metric == "cosine":
+        _, exp = np.frexp(np.max(np.abs(x), axis=1))
+        x = np.ldexp(x, -exp[:, None]).astype(np.float32)
+    else:
+        peak = float(np.max(np.abs(x[w > 0])))
+        if peak > 2.0**40 or 0 < peak < 2.0**-40:
+            _, scale = np.frexp(peak)
+            x = np.ldexp(x, -scale).astype(np.float32)
     xv = x[w > 0]
     if metric == "cosine":
         xv = xv / np.linalg.norm(xv, axis=1, keepdims=True)
@@ -210,8 +278,11 @@ def kmeans(
     abs_tol = np.float32(tol * np.mean(np.var(xv, axis=0)))
     if isinstance(key, (int, np.integer)):
         key = jax.random.key(int(key))
-    return kmeans_kernel(key, jnp.asarray(x), jnp.asarray(w), jnp.asarray(abs_tol), n_clusters=n_clusters,
-                         n_init=n_init, max_iter=max_iter, metric=metric)
+    res = _kmeans_chunked(key, jnp.asarray(x), jnp.asarray(w), jnp.asarray(abs_tol), n_clusters=n_clusters,
+                          n_init=n_init, max_iter=max_iter, metric=metric)
+    if scale:
+        res = res._replace(centroids=jnp.ldexp(res.centroids, scale), inertia=jnp.ldexp(res.inertia, 2 * scale))
+    return res
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))

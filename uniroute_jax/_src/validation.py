@@ -53,6 +53,13 @@ def float_array(
         for got, want in zip(arr.shape, shape):
             if want is not None and got != want:
                 raise ValueError(f"{name} must have shape {_shape_str(shape)}, got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating) and np.finfo(arr.dtype).max > np.finfo(dtype).max:
+        # Finite values past the target dtype's range would turn into inf: say so, not "infinite".
+        big = np.isfinite(arr) & (np.abs(arr) > np.finfo(dtype).max)
+        if big.any():
+            idx = tuple(int(i) for i in np.argwhere(big)[0])
+            raise ValueError(f"{name} has {int(big.sum())} values too large for {np.dtype(dtype).name} "
+                             f"(|x| > {np.finfo(dtype).max:.3g}; first at index {idx}, value {arr[idx]:g})")
     arr = arr.astype(dtype, copy=True)
     bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
     if bad.any():
@@ -137,3 +144,50 @@ def choice(value: str, name: str, options: Sequence[str]) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {list(options)}, got {value!r}")
     return value
+
+
+def embedding_rows(x: np.ndarray, name: str, *, flag: bool = False) -> np.ndarray:
+    """Checks each row of embeddings `x [n, dim]` for a direction: finite and not all zero.
+
+    An all-zero row has no nearest centroid under the cosine metric (every dot product ties, so it
+    would silently land in cluster 0); a non-finite row has none under any metric.
+
+    Args:
+      x: [n, dim] array.
+      name: the argument's name, used in messages.
+      flag: return the mask instead of raising.
+
+    Returns:
+      [n] bool, True for a usable row (all True unless `flag`).
+    """
+    x = np.asarray(x)
+    finite = np.all(np.isfinite(x), axis=1) if x.size else np.ones(x.shape[0], bool)
+    nonzero = np.any(x != 0, axis=1) if x.shape[1:] != (0,) else np.zeros(x.shape[0], bool)
+    ok = finite & nonzero
+    if flag or ok.all():
+        return ok
+    bad = np.flatnonzero(~ok)
+    what = "all-zero" if finite[bad[0]] else "non-finite"
+    raise ValueError(f"{name} has {bad.size} rows that are all zero or not finite (first: row {int(bad[0])}, "
+                     f"{what}); such a prompt has no nearest centroid: drop it or embed it again")
+
+
+def unit_rows(c: np.ndarray, name: str, *, atol: float = 1e-3) -> np.ndarray:
+    """Raises unless every row of `c [k, dim]` has L2 norm 1 within `atol` (cosine centroids)."""
+    norms = np.linalg.norm(np.asarray(c, np.float64), axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > atol)
+    if bad.size:
+        raise ValueError(f"{name} must have unit rows under metric='cosine', but row {int(bad[0])} has norm "
+                         f"{norms[bad[0]]:.6g} ({bad.size} rows off)")
+    return c
+
+
+def model_name(name, arg: str) -> str:
+    """Returns `name` if it is a usable model name: a non-blank string without surrounding spaces."""
+    if not isinstance(name, str):
+        raise TypeError(f"{arg} must be a string, got {type(name).__name__}")
+    if not name.strip():
+        raise ValueError(f"{arg} must be a non-blank name, got {name!r}")
+    if name != name.strip():
+        raise ValueError(f"{arg} must not start or end with spaces, got {name!r}")
+    return name
