@@ -301,3 +301,16 @@ def test_training_stops_on_a_non_finite_loss_and_keeps_finite_parameters(with_he
     assert history.train_loss.size < 20 and not np.isfinite(last)
     assert np.isfinite(float(best["w"])) and float(best["w"]) > 0.5
     assert history.best_epoch < history.train_loss.size
+
+
+def test_a_pool_is_shared_exactly_when_the_rows_would_be_equal(data, trained):
+    # psi_source="hard": the learned router represents LLMs on the k-means clusters, so the
+    # k-means router's pool is its pool too; a soft-Psi router would build other rows.
+    base_pool = _pool(data["base"], data, TEST_LLMS)
+    np.testing.assert_array_equal(_pool(trained, data, TEST_LLMS).psi, base_pool.psi)
+    assert trained.estimates(data["x_te"], base_pool).shape == (N_TEST, len(TEST_LLMS))
+    soft = _fit(data, psi_source="soft", config=dataclasses.replace(CONFIG, epochs=0))
+    with pytest.raises(ValueError, match="built with another router"):
+        soft.estimates(data["x_te"], base_pool)
+    with pytest.raises(ValueError, match="two different routers"):
+        base_pool + _pool(soft, data, [0])

@@ -195,7 +195,6 @@ def test_fingerprint_changes_with_any_array_byte_or_metadata():
         persistence.check_fingerprint("0" * 64, base, what="pool.npz", other="router.npz")
 
 
-@pytest.mark.xfail(strict=True, reason="needs router wiring: Pool keeps and UniRouter checks the fingerprint")
 def test_pool_from_another_router_of_the_same_k_is_refused(setup, tmp_path):
     x = setup["x"]
     other = UniRouter.fit(x[::-1].copy(), 3, n_init=1, seed=5)
@@ -257,7 +256,6 @@ def test_evaluate_refuses_all_zero_rows():
                     progress=False)
 
 
-@pytest.mark.xfail(strict=True, reason="needs router wiring: route/routing_table call validation.embedding_rows")
 def test_router_refuses_all_zero_rows(setup):
     router = setup["router"]
     pool = router.represent(setup["x"][60:], setup["q"], ["a", "b", "c"], [1, 2, 3])
@@ -272,7 +270,6 @@ def test_router_refuses_all_zero_rows(setup):
 # ------------------------------------------------------------------ 7. serving table values
 
 
-@pytest.mark.xfail(strict=True, reason="needs router wiring: RoutingTable.rows checks values")
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_routing_table_refuses_non_finite_rows(setup, bad):
     router = setup["router"]
@@ -426,7 +423,6 @@ def test_replace_keeps_the_models_place(setup, tmp_path, capsys):
     np.testing.assert_array_equal(got.psi[0], got.psi[2])  # a now carries q2's labels
 
 
-@pytest.mark.xfail(strict=True, reason="needs router wiring: UniRouter.__post_init__ calls validation.unit_rows")
 def test_router_refuses_non_unit_centroids_under_cosine():
     with pytest.raises(ValueError, match="unit rows"):
         UniRouter(np.array([[2.0, 0.0], [0.0, 1.0]]), metric="cosine")

@@ -88,6 +88,8 @@ class HardMap:
 
     def __post_init__(self):
         object.__setattr__(self, "centroids", _centroids(self.centroids, self.metric))
+        if self.metric == "cosine":
+            validation.unit_rows(self.centroids, "centroids")
 
     @property
     def n_clusters(self) -> int:
@@ -108,6 +110,11 @@ class HardMap:
     def representation_weights(self, x: np.ndarray) -> np.ndarray:
         """What LLMs are represented on: the hard cluster of each validation prompt, `[n]` int32."""
         return self.assign(x)
+
+    def representation(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """`(arrays, metadata)` that decide how LLMs are represented: pools built from equal ones
+        hold the same rows, whichever router built them."""
+        return {"centroids": self.centroids}, {"metric": self.metric, "psi_source": "hard"}
 
     def to_file(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """`(arrays, metadata)` that `map_from_file` turns back into this map."""
@@ -144,6 +151,8 @@ class SoftMap:
         object.__setattr__(self, "theta", theta)
         object.__setattr__(self, "bias", validation.float_array(self.bias, "bias", shape=(k,)))
         object.__setattr__(self, "centroids", validation.float_array(self.centroids, "centroids", shape=(k, dim)))
+        if self.metric == "cosine":
+            validation.unit_rows(self.centroids, "centroids")
 
     @property
     def n_clusters(self) -> int:
@@ -168,6 +177,13 @@ class SoftMap:
     def representation_weights(self, x: np.ndarray) -> np.ndarray:
         """Hard clusters `[n]` (psi_source "hard") or soft weights `[n, n_clusters]` ("soft")."""
         return self.assign(x) if self.psi_source == "hard" else self.features(x)
+
+    def representation(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """As `HardMap.representation`: on hard clusters a pool is the k-means router's pool too."""
+        if self.psi_source == "hard":
+            return HardMap(self.centroids, self.metric).representation()
+        arrays = {"theta": self.theta, "bias": self.bias, "centroids": self.centroids}
+        return arrays, {"metric": self.metric, "psi_source": "soft"}
 
     def to_file(self) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """`(arrays, metadata)` that `map_from_file` turns back into this map."""

@@ -16,6 +16,7 @@ an LLM with few labels gets traffic until its estimate tightens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import tempfile
 from collections.abc import Sequence
@@ -67,10 +68,10 @@ def observe(pool: Pool, router, embeddings: ArrayLike, model: str | Sequence[str
     Raises:
       ValueError / TypeError naming the argument (unknown model, wrong length, value outside [0, 1]).
     """
-    if not isinstance(pool, Pool):
-        raise TypeError(f"pool must be a Pool, got {type(pool).__name__}")
-    if pool.n_clusters != router.n_clusters:
-        raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {router.n_clusters}")
+    router._check_pool(pool)  # a non-empty Pool of this router (clusters and fingerprint)
+    if getattr(router.feature_map, "psi_source", "hard") != "hard":
+        raise ValueError("observe folds labels into hard clusters; this router represents LLMs on its soft "
+                         "map's weights (psi_source='soft'): represent them again with the new labels instead")
     q = np.atleast_1d(np.asarray(correct, np.float64))
     q = validation.unit_interval(validation.float_array(q, "correct", ndim=1, dtype=np.float64), "correct")
     n = q.shape[0]
@@ -88,14 +89,14 @@ def observe(pool: Pool, router, embeddings: ArrayLike, model: str | Sequence[str
     np.add.at(counts, (rows, clusters), 1.0)
     np.add.at(sums, (rows, clusters), 1.0 - q)
     touched = np.unique(rows)
-    updated = Pool(pool.names, pool.costs, pool.psi, counts, sums)
+    updated = dataclasses.replace(pool, counts=counts, error_sums=sums)
     a, b = posterior(updated, router.alpha)
     psi = pool.psi.astype(np.float64)
     denom = a[touched] + b[touched]
     # A cluster with no label and alpha = 0 keeps the overall error, as error_vectors does.
     psi[touched] = np.where(denom > 0, a[touched] / np.where(denom > 0, denom, 1.0),
                             _overall_error(updated)[touched, None])
-    return Pool(pool.names, pool.costs, np.clip(psi, 0.0, 1.0), counts, sums)
+    return dataclasses.replace(updated, psi=np.clip(psi, 0.0, 1.0))
 
 
 @contextlib.contextmanager

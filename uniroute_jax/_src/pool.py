@@ -26,6 +26,9 @@ class Pool:
       psi: [n_models, n_clusters] estimated per-cluster error rates.
       counts: [n_models, n_clusters] validation labels behind each estimate.
       error_sums: [n_models, n_clusters] summed validation errors behind each estimate.
+      router_fingerprint: `UniRouter.fingerprint` of the router that built the rows (None for
+        pools built by hand or saved before fingerprints were kept); routers refuse a pool of
+        another router.
     """
 
     names: tuple[str, ...]
@@ -33,6 +36,7 @@ class Pool:
     psi: np.ndarray
     counts: np.ndarray
     error_sums: np.ndarray
+    router_fingerprint: str | None = None
 
     def __post_init__(self):
         names = tuple(self.names)
@@ -88,7 +92,7 @@ class Pool:
         """The sub-pool of `names`, in that order."""
         idx = self.index(names)
         return Pool(tuple(self.names[i] for i in idx), self.costs[idx], self.psi[idx], self.counts[idx],
-                    self.error_sums[idx])
+                    self.error_sums[idx], self.router_fingerprint)
 
     def remove(self, *names: str) -> Pool:
         """The pool without `names`."""
@@ -100,8 +104,12 @@ class Pool:
             return NotImplemented
         if other.n_clusters != self.n_clusters:
             raise ValueError(f"cannot add a pool of {other.n_clusters} clusters to one of {self.n_clusters}")
+        fingerprints = {p.router_fingerprint for p in (self, other)} - {None}
+        if len(fingerprints) > 1:
+            raise ValueError("cannot add pools represented by two different routers")
         cat = lambda field: np.concatenate([getattr(self, field), getattr(other, field)])
-        return Pool(self.names + other.names, cat("costs"), cat("psi"), cat("counts"), cat("error_sums"))
+        return Pool(self.names + other.names, cat("costs"), cat("psi"), cat("counts"), cat("error_sums"),
+                    fingerprints.pop() if fingerprints else None)
 
     def with_costs(self, costs: ArrayLike) -> Pool:
         """The same pool with new per-query costs `[n_models]`."""
@@ -127,14 +135,18 @@ class Pool:
     def save(self, path) -> Path:
         """Writes the pool to a versioned `.npz` file (see `persistence`)."""
         arrays = {"costs": self.costs, "psi": self.psi, "counts": self.counts, "error_sums": self.error_sums}
-        return persistence.save_arrays(path, "pool", arrays, {"names": list(self.names)})
+        meta = {"names": list(self.names)}
+        if self.router_fingerprint is not None:
+            meta["router_fingerprint"] = self.router_fingerprint
+        return persistence.save_arrays(path, "pool", arrays, meta)
 
     @classmethod
     def load(cls, path) -> Pool:
         """Reads a pool written by `save`."""
         arrays, meta = persistence.load_arrays(path, "pool")
         try:
-            return cls(tuple(meta["names"]), arrays["costs"], arrays["psi"], arrays["counts"], arrays["error_sums"])
+            return cls(tuple(meta["names"]), arrays["costs"], arrays["psi"], arrays["counts"], arrays["error_sums"],
+                       meta.get("router_fingerprint"))
         except KeyError as err:
             raise ValueError(f"{path} is missing the pool field {err}") from None
 

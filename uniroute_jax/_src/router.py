@@ -111,9 +111,11 @@ class RoutingTable:
     def rows(self, embeddings: ArrayLike) -> np.ndarray:
         """Model row of each prompt, `[n_prompts]` int32, from `[n_prompts, dim]` embeddings."""
         fmap = self.feature_map
-        x = np.asarray(embeddings, np.float32)
-        if x.ndim != 2 or x.shape[1] != fmap.dim:
+        x = validation.float_array(embeddings, "embeddings", ndim=2)  # NaN, inf and None rows refused
+        if x.shape[1] != fmap.dim:
             raise ValueError(f"embeddings must have shape (n_prompts, {fmap.dim}), got {x.shape}")
+        if fmap.metric == "cosine":
+            validation.embedding_rows(x, "embeddings")  # an all-zero row has no nearest centroid
         if fmap.hard and x.shape[0] < self.jax_from:
             scores = x @ fmap.centroids.T
             if fmap.metric == "euclidean":
@@ -173,6 +175,18 @@ class UniRouter:
     def __repr__(self) -> str:
         return (f"UniRouter({self.feature_map.kind} map, {self.n_clusters} clusters x {self.dim} dims, "
                 f"metric={self.metric!r}, alpha={self.alpha})")
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Identity of how this router represents LLMs (what `Psi` is computed on, and alpha),
+        stored in the pools it builds: a pool is refused by a router that would build other rows.
+        A learned map with `psi_source="hard"` shares it with the k-means router it started from."""
+        arrays, meta = self.feature_map.representation()
+        return persistence.fingerprint(arrays, {**meta, "alpha": self.alpha})
+
+    def _check_pool(self, pool: Pool) -> None:
+        check_pool(pool, self.n_clusters)
+        persistence.check_fingerprint(pool.router_fingerprint, self.fingerprint, what="pool", other="this router")
 
     @property
     def centroids(self) -> np.ndarray:
@@ -323,6 +337,8 @@ class UniRouter:
             raise ValueError(f"{name} has shape {x.shape} but the router's centroids expect dimension {self.dim}")
         if x.shape[0] == 0:
             raise ValueError(f"{name} holds no prompt")
+        if self.metric == "cosine":
+            validation.embedding_rows(x, name)  # an all-zero row has no direction, so no cluster
         return x
 
     def assign(self, embeddings: ArrayLike) -> np.ndarray:
@@ -335,7 +351,7 @@ class UniRouter:
 
     def estimates(self, embeddings: ArrayLike, pool: Pool) -> np.ndarray:
         """Estimated error `Phi(x) . Psi(h)`: `[n_prompts, n_models]`."""
-        check_pool(pool, self.n_clusters)
+        self._check_pool(pool)
         x = self._embeddings(embeddings)
         if self.feature_map.hard:
             return pool.psi.T[self.feature_map.assign(x)]
@@ -377,7 +393,8 @@ class UniRouter:
         weights = self.feature_map.representation_weights(x)
         ev = error_vectors(weights, q, n_clusters=self.n_clusters, label_mask=label_mask, alpha=self.alpha)
         costs = np.atleast_1d(costs) if np.isscalar(costs) else costs
-        return Pool(names, costs, np.asarray(ev.psi), np.asarray(ev.counts), np.asarray(ev.error_sums))
+        return Pool(names, costs, np.asarray(ev.psi), np.asarray(ev.counts), np.asarray(ev.error_sums),
+                    self.fingerprint)
 
     # ------------------------------------------------------------------------------ routing
 
@@ -402,7 +419,7 @@ class UniRouter:
         Returns:
           `Routing(model, index, cluster)`, each `[n_prompts]`.
         """
-        check_pool(pool, self.n_clusters)
+        self._check_pool(pool)
         lam = validation.nonnegative_float(lam, "lam")
         mask = self._model_mask(pool, models)
         x = self._embeddings(embeddings)
@@ -440,7 +457,7 @@ class UniRouter:
         Under a hard map that is every prompt of the cluster, so routing is a lookup in this
         table; under a soft map it is the decision at each cluster's vertex of the simplex.
         """
-        check_pool(pool, self.n_clusters)
+        self._check_pool(pool)
         return self._table(pool, validation.nonnegative_float(lam, "lam"), self._model_mask(pool, models))
 
     def routing_table(self, pool: Pool, lam: float, *, models: Sequence[str] | None = None,
@@ -460,7 +477,7 @@ class UniRouter:
     def _units(self, embeddings: ArrayLike, pool: Pool, quality, prompt_costs, request_costs=None):
         """`(estimates [n_units, n_models], units, decision costs)`: one unit per cluster (hard map,
         per-model costs) or per prompt (soft map, or per-request costs)."""
-        check_pool(pool, self.n_clusters)
+        self._check_pool(pool)
         x = self._embeddings(embeddings)
         check_prompt_tables(x.shape[0], pool, quality=quality, prompt_costs=prompt_costs)
         if request_costs is not None:
@@ -600,7 +617,7 @@ class UniRouter:
         Returns:
           Mean negative log-likelihood per label, in nats.
         """
-        check_pool(pool, self.n_clusters)
+        self._check_pool(pool)
         x = self._embeddings(embeddings)
         q, mask = check_quality(quality, "quality", x.shape[0], label_mask, "label_mask", len(pool))
         if not mask.any():
