@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import uniroute_jax as ur
-from uniroute_jax._src.feedback import observe, observe_file, posterior, sample_psi, write_pool_atomic
+from uniroute_jax._src.feedback import observe, observe_file, posterior, sample_psi
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,7 @@ def test_posterior_mean_is_the_estimate_and_draws_follow_it(world):
 
 def test_observe_file_refuses_bad_input_without_touching_the_file(world, tmp_path):
     router, x, q = world
-    path = write_pool_atomic(router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0]),
-                             tmp_path / "pool.npz")
+    path = router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0]).save(tmp_path / "pool.npz")
     before = path.read_bytes()
     with pytest.raises(ValueError, match="not in the pool"):
         observe_file(path, router, x[:1], "nope", [1.0])
@@ -93,7 +92,7 @@ def test_two_processes_observing_one_file_lose_no_update(world, tmp_path):
     router, x, q = world
     router.save(tmp_path / "router.npz")
     pool = router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0])
-    path = write_pool_atomic(pool, tmp_path / "pool.npz")
+    path = pool.save(tmp_path / "pool.npz")
     np.save(tmp_path / "x.npy", x[700:760])
     n = 25
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "JAX_PLATFORMS": "cpu"}
@@ -120,7 +119,7 @@ def test_observe_command_updates_the_file(world, tmp_path, capsys):
     router, x, q = world
     router.save(tmp_path / "r.npz")
     pool = router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0])
-    write_pool_atomic(pool, tmp_path / "p.npz")
+    pool.save(tmp_path / "p.npz")
     np.save(tmp_path / "e.npy", x[800:803])
     code = main(["observe", "-r", str(tmp_path / "r.npz"), "-p", str(tmp_path / "p.npz"),
                  "-e", str(tmp_path / "e.npy"), "--model", "b", "--correct", "1,0,1"])

@@ -20,7 +20,6 @@ openai = pytest.importorskip("openai", reason="the OpenAI client comes with Lite
 pytest.importorskip("litellm.proxy.proxy_server", reason='the LiteLLM proxy is not installed: pip install "litellm[proxy]"')
 
 import uniroute_jax as ur  # noqa: E402
-from uniroute_jax._src.feedback import write_pool_atomic  # noqa: E402
 
 from litellm_helpers import NAMES, HashEmbedder, fitted, make_texts  # noqa: E402
 
@@ -71,7 +70,7 @@ def proxy(tmp_path_factory):
     embedder = HashEmbedder()
     router, pool = fitted(embedder)
     router.save(d / "router.npz")
-    write_pool_atomic(pool, d / "pool.npz")
+    pool.save(d / "pool.npz")
     (d / "uniroute_test_plugin.py").write_text(PLUGIN.format(tests_dir=str(TESTS_DIR), router=str(d / "router.npz"),
                                                              pool=str(d / "pool.npz"), lam=LAM))
     (d / "config.yaml").write_text(config(NAMES))
@@ -146,7 +145,7 @@ def test_proxy_picks_up_a_pool_file_replaced_while_it_runs(proxy):
     psi = pool.psi.copy()
     psi[2] = 0.0
     psi[:2] = np.maximum(psi[:2], 0.9)
-    write_pool_atomic(ur.Pool(pool.names, pool.costs, psi, pool.counts, pool.error_sums), proxy["dir"] / "pool.npz")
+    ur.Pool(pool.names, pool.costs, psi, pool.counts, pool.error_sums).save(proxy["dir"] / "pool.npz")
     after = [ask(proxy["client"], t) for t in texts]
     assert {s for s, _ in after} == {"llm-large"}
     assert json.loads(after[0][1]["x-uniroute-trace"])["pool_version"] == 2

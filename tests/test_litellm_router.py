@@ -12,7 +12,6 @@ litellm = pytest.importorskip("litellm", reason='LiteLLM is not installed: pip i
 
 import uniroute_jax as ur  # noqa: E402
 from uniroute_jax._src.costs import prices  # noqa: E402
-from uniroute_jax._src.feedback import write_pool_atomic  # noqa: E402
 from uniroute_jax.integrations.litellm import (  # noqa: E402
     SIGNAL,
     UniRoutePlugin,
@@ -143,7 +142,7 @@ def test_deployments_without_a_row_are_left_out_with_one_warning(world, caplog):
 def test_reloads_a_pool_file_replaced_on_disk(world, tmp_path, caplog):
     embedder, router, pool = world
     router.save(tmp_path / "router.npz")
-    write_pool_atomic(pool, tmp_path / "pool.npz")
+    pool.save(tmp_path / "pool.npz")
     plugin = UniRoutePlugin(tmp_path / "router.npz", tmp_path / "pool.npz", lam=0.0, model_groups=[GROUP],
                             embedder=embedder, check_every=0.0, embed_in_thread=False)
     llm_router = litellm.Router(model_list=model_list(), plugins=[plugin])
@@ -153,7 +152,7 @@ def test_reloads_a_pool_file_replaced_on_disk(world, tmp_path, caplog):
     # llm-small becomes the best everywhere: the next requests follow the new file.
     psi = pool.psi.copy()
     psi[0] = 0.0
-    write_pool_atomic(ur.Pool(pool.names, pool.costs, psi, pool.counts, pool.error_sums), tmp_path / "pool.npz")
+    ur.Pool(pool.names, pool.costs, psi, pool.counts, pool.error_sums).save(tmp_path / "pool.npz")
     results = asyncio.run(send(llm_router, texts))
     assert {s for s, _ in results} == {"llm-small"} and results[0][1]["pool_version"] == 2
     # A broken file is refused: the previous version keeps serving and the error is logged.

@@ -15,10 +15,8 @@ an LLM with few labels gets traffic until its estimate tightens.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from uniroute_jax._src import validation
+from uniroute_jax._src.filelock import locked
 from uniroute_jax._src.pool import Pool
 
 
@@ -99,48 +98,11 @@ def observe(pool: Pool, router, embeddings: ArrayLike, model: str | Sequence[str
     return dataclasses.replace(updated, psi=np.clip(psi, 0.0, 1.0))
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    import fcntl  # noqa: PLC0415 (POSIX only)
-
-    with open(path.with_name(path.name + ".lock"), "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-
-def write_pool_atomic(pool: Pool, path: str | os.PathLike) -> Path:
-    """Writes `pool` to `path` through a unique temp file in the same folder, fsynced, then renamed.
-
-    A reader sees the old file or the new one, never a partial one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        pool.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
-
-
 def observe_file(pool_path: str | os.PathLike, router, embeddings: ArrayLike, model: str | Sequence[str],
                  correct: ArrayLike) -> Pool:
     """`observe` on a pool file: locked read-change-write, atomic replace; returns the new pool.
 
-    The lock is `fcntl.flock` on a sidecar `<pool>.lock`, so every writer using this function
+    The lock is `filelock.locked` (a sidecar `<pool>.lock`), so every writer using it
     (threads or processes on one machine) applies its update to the latest file. Bad input raises
     before anything is written.
     """
@@ -149,9 +111,9 @@ def observe_file(pool_path: str | os.PathLike, router, embeddings: ArrayLike, mo
         raise ValueError(f"pool_path must name a .npz pool file, got {pool_path}")
     if not path.exists():
         raise FileNotFoundError(f"no pool file at {path}")
-    with _locked(path):
+    with locked(path):
         new = observe(Pool.load(path), router, embeddings, model, correct)
-        write_pool_atomic(new, path)
+        new.save(path)  # a unique temp file in the folder, fsynced, then renamed over the old one
     return new
 
 

@@ -65,7 +65,6 @@ def write_demo_files(out: str | Path, *, n_per_kind: int = 80, n_clusters: int =
                      embedder=None) -> dict[str, Path]:
     """Writes `router.npz`, `pool.npz` and `prompts.txt` (a traffic sample) into `out`; returns the paths."""
     from uniroute_jax._src.embedding import TextEmbedder, embed_texts  # noqa: PLC0415
-    from uniroute_jax._src.feedback import write_pool_atomic  # noqa: PLC0415
     from uniroute_jax._src.router import UniRouter  # noqa: PLC0415
 
     out = Path(out)
@@ -80,7 +79,7 @@ def write_demo_files(out: str | Path, *, n_per_kind: int = 80, n_clusters: int =
     p_correct = np.array([[MODELS[m][0][kinds[i]] for m in MODELS] for i in val])
     correct = (rng.random(p_correct.shape) < p_correct).astype(np.float32)
     pool = router.represent(x[val], correct, list(MODELS), [c for _, c in MODELS.values()])
-    paths = {"router": router.save(out / "router.npz"), "pool": write_pool_atomic(pool, out / "pool.npz")}
+    paths = {"router": router.save(out / "router.npz"), "pool": pool.save(out / "pool.npz")}
     sample = out / "prompts.txt"
     sample.write_text("\n".join(texts[i] for i in val) + "\n", encoding="utf-8")
     paths["prompts"] = sample

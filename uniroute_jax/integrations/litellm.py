@@ -21,7 +21,7 @@ Per request (`UniRoutePlugin.run`):
 Any failure (embedding, routing, a missing or broken file) falls back to `default_model`, or
 leaves the candidates to the group's own strategy; the reason is logged and traced, and the
 request is never dropped. Router and pool files are re-read when they change on disk (replace
-them atomically, e.g. with `feedback.write_pool_atomic`): adding an LLM is a new pool row plus a
+them atomically, e.g. with `Pool.save`, `uniroute add-model` or `uniroute observe`): adding an LLM is a new pool row plus a
 deployment, no restart.
 
 Python:
