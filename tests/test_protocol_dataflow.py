@@ -263,3 +263,36 @@ def _leak_train_labels_into_val(ds, sp, blob):
     for b in range(N_BLOBS):
         q[va[blob[va] == b]] = q[tr[blob[tr] == b]][0]
     return q[va]
+
+
+def test_selection_never_sees_test_labels_through_the_fill_of_missing_labels():
+    # Training labels partly missing: the selection score of K must not move when only the test
+    # prompts' labels change (a fill with means over every prompt would carry them in).
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(3)
+    n, m = 90, 4
+    emb = rng.normal(size=(n, DIM)).astype(np.float32)
+    quality = (rng.random((n, m)) < 0.6).astype(np.float32)
+    mask = np.ones((n, m), bool)
+    train, val, test = np.arange(0, 54), np.arange(54, 63), np.arange(63, n)
+    mask[train[:30], :2] = False  # both training LLMs: whichever the curve picks has filled labels
+    flipped = quality.copy()
+    flipped[test] = 1.0 - flipped[test]
+    seen, unseen = np.array([True, True, False, False]), np.array([False, False, True, True])
+
+    def selection_score(q):
+        ds = RoutingDataset("fill", np.arange(n).astype(str), q, mask, np.ones(m, np.float32), tuple("abcd"),
+                            embeddings=emb)
+        args = (jax.random.key(0), jnp.asarray(emb), jnp.asarray(ev._filled_quality(ds)), jnp.asarray(mask),
+                jnp.ones((n, m), jnp.float32), jnp.linspace(0.2, 1.0, m), train, val, test, seen, unseen,
+                jnp.float32(1.0))
+        return float(ev._kmeans_trial(*args, n_clusters=3, n_init=1, metric="cosine")[0])
+
+    assert selection_score(quality) == selection_score(flipped)
+    # The refill itself: each column's missing rows take the mean of that column's labelled rows.
+    got = np.asarray(ev._own_fill(jnp.asarray(quality[train]), jnp.asarray(mask[train])))
+    want = quality[train].copy()
+    want[:30, :2] = quality[train][30:, :2].mean(axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-6)

@@ -162,6 +162,17 @@ def _cluster_units(labels, quality, prompt_costs, n_units: int) -> RoutingUnits:
     return RoutingUnits(seg(jnp.ones(labels.shape[0], quality.dtype)), seg(quality), seg(prompt_costs))
 
 
+def _own_fill(quality, label_mask):
+    """Quality of a subset of prompts with its missing labels filled from its own labelled rows.
+
+    `evaluate` fills missing labels once, with means over every prompt; selection on training
+    prompts must not see the test prompts' labels through that fill, so it refills here.
+    """
+    n = jnp.sum(label_mask, axis=0)
+    mean = jnp.sum(jnp.where(label_mask, quality, 0.0), axis=0) / jnp.maximum(n, 1)
+    return jnp.where(label_mask, quality, mean[None, :])
+
+
 def _prompt_units(quality, prompt_costs) -> RoutingUnits:
     return RoutingUnits(jnp.ones(quality.shape[0], quality.dtype), quality, prompt_costs)
 
@@ -201,7 +212,7 @@ def _kmeans_trial(key, emb, quality, label_mask, prompt_costs, costs, train, val
     ev = error_vectors_kernel(lab_va, quality[val], label_mask[val], alpha, n_clusters=n_clusters)
     est = ev.psi.T  # [K, n_models]
     # Selection: training LLMs, Psi from validation, scored on the training prompts.
-    sel_units = _cluster_units(lab_tr, quality[train], prompt_costs[train], n_clusters)
+    sel_units = _cluster_units(lab_tr, _own_fill(quality[train], label_mask[train]), prompt_costs[train], n_clusters)
     sel_area = _area_of(est, sel_units, costs, seen, prompt_costs[train].mean(0))
     te_units = _cluster_units(lab_te, quality[test], prompt_costs[test], n_clusters)
     model_cost, model_quality = prompt_costs[test].mean(0), quality[test].mean(0)
@@ -216,7 +227,7 @@ def _knn_trial(emb, quality, label_mask, prompt_costs, costs, train, val, test, 
     errors = jnp.where(label_mask[val], 1.0 - quality[val], 0.0)
     est_tr = knn_kernel(emb[train], emb[val], errors, label_mask[val], ks, k_max=k_max, metric=metric)
     est_te = knn_kernel(emb[test], emb[val], errors, label_mask[val], ks, k_max=k_max, metric=metric)
-    tr_units = _prompt_units(quality[train], prompt_costs[train])
+    tr_units = _prompt_units(_own_fill(quality[train], label_mask[train]), prompt_costs[train])
     te_units = _prompt_units(quality[test], prompt_costs[test])
     model_cost, model_quality = prompt_costs[test].mean(0), quality[test].mean(0)
     sel = jax.vmap(lambda e: _area_of(e, tr_units, costs, seen, prompt_costs[train].mean(0)))(est_tr)
@@ -268,7 +279,8 @@ def _trial_fn(kind: str, mesh, *, n_clusters: int = 0, n_init: int = 0, metric: 
 
 
 def _filled_quality(ds: RoutingDataset) -> np.ndarray:
-    """Quality with missing labels replaced by the model's mean (used for test sums only)."""
+    """Quality with missing labels replaced by the model's mean over every prompt: for the test
+    sums. Selection on training prompts refills its rows from them alone (`_own_fill`)."""
     q = ds.quality.astype(np.float32).copy()
     mean = (q * ds.label_mask).sum(0) / np.maximum(ds.label_mask.sum(0), 1)
     return np.where(ds.label_mask, q, mean[None, :]).astype(np.float32)
