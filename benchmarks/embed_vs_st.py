@@ -20,12 +20,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import timed  # noqa: E402
 
 WORDS = ("route model prompt cost answer question cluster budget accuracy token embed query large "
          "language small router value sample explain why the of a to in").split()
@@ -35,18 +36,6 @@ LENGTHS = {"short": 12, "medium": 60, "long": 220}  # words; long prompts pass t
 def prompts(n: int, n_words: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, size=n_words)) for _ in range(n)]
-
-
-def timed(fn, repeats: int) -> dict:
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return {"first_call_s": first, "median_s": statistics.median(runs)}
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -21,19 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from problems import clustered_data, routing_problem, sweep_problem  # noqa: E402
-
-
-def timed(fn, repeats: int) -> dict:
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return {"first_call_s": first, "median_s": statistics.median(runs), "runs_s": runs}
+from common import clustered_data, routing_problem, sweep_problem, timed  # noqa: E402
 
 
 def blas_info() -> list[dict]:

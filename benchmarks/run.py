@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,8 @@ import numpy as np
 import uniroute_jax as ur
 
 sys.path.insert(0, str(Path(__file__).parent))
-from problems import clustered_data, routing_problem, sweep_problem  # noqa: E402
+from common import clustered_data, routing_problem, sweep_problem  # noqa: E402
+from common import timed as host_timed  # noqa: E402
 
 SIZES = {
     "smoke": dict(
@@ -59,16 +59,8 @@ def _ready(x):
 
 
 def timed(fn: Callable[[], object], repeats: int) -> dict:
-    """First call (compile + run) and the median of `repeats` further calls, in seconds."""
-    t0 = time.perf_counter()
-    _ready(fn())
-    first = time.perf_counter() - t0
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _ready(fn())
-        runs.append(time.perf_counter() - t0)
-    return {"first_call_s": first, "median_s": statistics.median(runs), "runs_s": runs}
+    """`common.timed`, waiting for the device: first call and median of `repeats` calls, in seconds."""
+    return host_timed(fn, repeats, ready=_ready)
 
 
 def peak_rss_mib() -> float:

@@ -35,7 +35,7 @@ from uniroute_jax._src.feature_maps import FeatureMap, HardMap, SoftMap, feature
 from uniroute_jax._src.kmeans import assign_kernel, kmeans
 from uniroute_jax._src.learned_map import LearnedMapConfig, train_soft_map
 from uniroute_jax._src.pool import Pool, check_pool, check_prompt_tables
-from uniroute_jax._src.routing import RoutingUnits, SweepResult, lambda_grid, make_units, route_kernel
+from uniroute_jax._src.routing import SweepResult, lambda_grid, make_units, route_kernel
 from uniroute_jax._src.sweeps import sweep
 from uniroute_jax._src.training import as_key, check_quality, host_rng
 

@@ -1,9 +1,29 @@
-"""Benchmark inputs, generated the same way (same seeds, NumPy only) in the JAX process and in the
-baselines' process, so both sides time the same problem."""
+"""What every benchmark script shares: inputs generated the same way (same seeds, NumPy only) in
+the JAX process and in the baselines' process, so both sides time the same problem; and the timer."""
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Callable
+
 import numpy as np
+
+
+def timed(fn: Callable[[], object], repeats: int, ready: Callable[[object], object] = lambda x: x) -> dict:
+    """First call (compile + run) and the median of `repeats` further calls, in seconds.
+
+    `ready` waits for the result (`jax.block_until_ready` for device work).
+    """
+    t0 = time.perf_counter()
+    ready(fn())
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ready(fn())
+        runs.append(time.perf_counter() - t0)
+    return {"first_call_s": first, "median_s": statistics.median(runs), "runs_s": runs}
 
 
 def clustered_data(n: int, dim: int, n_centers: int, seed: int = 0) -> np.ndarray:
