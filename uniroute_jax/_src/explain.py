@@ -13,7 +13,6 @@ core's rule: lowest score, ties to the cheaper model, then to the lower index.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -111,41 +110,3 @@ def explain(router, pool, embeddings: ArrayLike, lam: float, *, costs: ArrayLike
         raise ValueError("models is empty: give at least one model of the pool")
     names = [pool.names[i] for i in rows]
     return [decide(int(k), names, errors[j, rows], table[j, rows], lam) for j, k in enumerate(clusters)]
-
-
-# ------------------------------------------------------------------------------- command line
-
-
-def add_parser(sub) -> None:
-    """Registers `uniroute explain` on an argparse sub-parser collection."""
-    x = sub.add_parser("explain", help="show why each prompt goes where: every candidate's error, cost and score")
-    x.add_argument("--router", "-r", required=True)
-    x.add_argument("--pool", "-p", required=True)
-    src = x.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", action="append", help="a prompt (repeat for several), embedded with all-MiniLM-L6-v2")
-    src.add_argument("--embeddings", "-e", help="[n_prompts, dim] prompt embeddings instead of texts")
-    x.add_argument("--lam", type=float, default=0.0, help="trade-off >= 0 (default 0 = most accurate)")
-    x.add_argument("--models", help="comma-separated subset of the pool to choose among")
-    x.add_argument("--model-dir", help="embedding model folder for --text (default: installed package)")
-    x.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
-    x.add_argument("--json", action="store_true", help="one JSON trace per prompt instead of tables")
-    x.set_defaults(func=cmd_explain)
-
-
-def cmd_explain(args) -> int:
-    """`uniroute explain`: prints each prompt's decision table (or JSON traces with --json)."""
-    from uniroute_jax._src import cli  # noqa: PLC0415 (cli registers this command: import late)
-
-    router, pool = cli._load_router_pool(args)
-    if args.text is not None:
-        x = cli._embed_texts(list(args.text), args)
-    else:
-        x = cli.read_matrix(args.embeddings, "embeddings", key="embeddings")
-    models = [m.strip() for m in args.models.split(",")] if args.models else None
-    decisions = explain(router, pool, x, args.lam, models=models)
-    for i, d in enumerate(decisions):
-        if args.json:
-            print(json.dumps({"prompt": i, **d.as_dict()}))
-        else:
-            print(("\n" if i else "") + f"prompt {i}: " + d.table())
-    return 0
