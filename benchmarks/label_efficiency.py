@@ -7,7 +7,8 @@ unseen, K chosen per trial with the training LLMs), except that each unseen LLM 
 `n` of the validation prompts, for n in {5, 10, 20, 50, 100, 200, all}. The prompts are chosen by a
 selection strategy (random, stratified, informative; the same prompts for every unseen LLM of a
 trial) and the unseen LLMs' error vectors by each estimator (mean, shrinkage, hierarchical, prior),
-fitted on the training LLMs' validation counts. ZeroRouter and K-NN get the same labels. Scores are
+fitted on the training LLMs' validation counts (the prior's low-rank factors also on their
+training-prompt labels, which the protocol gives the supervised routers). ZeroRouter and K-NN get the same labels. Scores are
 test Areas over the unseen LLMs; K, K-NN's k and the training LLMs' labels are as in `evaluate`.
 
 Writes under `--out` (default benchmarks/results/label_efficiency/): `<dataset>.md` (tables),
@@ -60,9 +61,9 @@ def _counts(labels, errors, mask, n_clusters):
     return (onehot.T @ m).T, (onehot.T @ (errors * m)).T
 
 
-@functools.partial(jax.jit, static_argnames=("n_clusters", "n_groups", "n_max"))
+@functools.partial(jax.jit, static_argnames=("n_clusters", "n_groups", "n_max", "use_train"))
 def _prepare(key, centroids, emb, quality, label_mask, costs, train, val, seen, budgets, *, n_clusters, n_groups,
-             n_max):
+             n_max, use_train=False):
     """Cluster labels, the estimators fitted on the training LLMs and the selections of every
     strategy x budget, `[n_strategies, n_budgets, n_val]`."""
     assign = lambda idx: assign_kernel(emb[idx], centroids, metric="cosine")
@@ -71,7 +72,14 @@ def _prepare(key, centroids, emb, quality, label_mask, costs, train, val, seen, 
     errors = 1.0 - quality[val]
     counts, sums = _counts(lab_va, errors, label_mask[val], n_clusters)
     k_fit, k_sel = jax.random.split(key)
-    params = fit_kernel(k_fit, counts, sums, seen, centroids, masses, jnp.asarray(1.0), n_groups=n_groups)
+    if use_train:
+        # The training LLMs' labels on the training prompts are part of the protocol's data (the
+        # supervised routers learn from them): six times the validation labels for the population fit.
+        c_tr, s_tr = _counts(lab_tr, 1.0 - quality[train], label_mask[train], n_clusters)
+        params = fit_kernel(k_fit, counts, sums, seen, centroids, masses, jnp.asarray(1.0), c_tr, s_tr,
+                            n_groups=n_groups)
+    else:
+        params = fit_kernel(k_fit, counts, sums, seen, centroids, masses, jnp.asarray(1.0), n_groups=n_groups)
     # The represented LLMs' error vectors, the decisions a new LLM can flip (informative selection).
     ref_psi = estimate_kernel(params, counts, sums, method="shrinkage").psi
     valid = jnp.ones(val.shape[0], bool)
@@ -216,7 +224,7 @@ def run(name: str, trials: int) -> dict:
         c = jnp.asarray(cents[best[t]][t])
         params, masks = _prepare(jax.random.fold_in(keys[t], 1), c, emb, quality, label_mask, costs, sp["train"][t],
                                  sp["val"][t], sp["seen"][t], jb, n_clusters=K, n_groups=default_n_groups(K),
-                                 n_max=int(budgets.max()))
+                                 n_max=int(budgets.max()), use_train=True)
         flat = masks.reshape(n_sb, -1)
         a = _score_clusters_all(params, flat, c, emb, *common, sp["val"][t], sp["test"][t], sp["unseen"][t],
                                 n_clusters=K)

@@ -119,17 +119,31 @@ def _hierarchical_one(params, counts, error_sums):
     return _shrink(counts, error_sums, parent, jnp.full_like(counts, params.strengths[2]))
 
 
-def _logistic_map(params, counts, error_sums, n_steps: int = 25):
-    """MAP `(a, v)` of one LLM under the Gaussian prior: damped Newton steps (strictly concave)."""
+def _log_posterior(params, counts, error_sums, v):
+    z = params.factors @ v + params.offsets
+    d = v - params.v_mean
+    return (jnp.sum(error_sums * jax.nn.log_sigmoid(z) + (counts - error_sums) * jax.nn.log_sigmoid(-z))
+            - 0.5 * d @ params.v_precision @ d)
+
+
+_STEP_SCALES = (1.0, 0.5, 0.25, 0.1, 0.0)
+
+
+def _logistic_map(params, counts, error_sums, n_steps: int = 30):
+    """MAP `(a, v)` of one LLM under the Gaussian prior: Newton steps with a step-size search over
+    `_STEP_SCALES` (a plain Newton step can overshoot far from the optimum; the posterior is
+    strictly concave, so the ascent converges)."""
     f = params.factors
+    scales = jnp.asarray(_STEP_SCALES)
 
     def step(_, v):
         m = jax.nn.sigmoid(f @ v + params.offsets)
         grad = f.T @ (error_sums - counts * m) - params.v_precision @ (v - params.v_mean)
         hess = (f * (counts * m * (1 - m))[:, None]).T @ f + params.v_precision
         delta = jnp.linalg.solve(hess, grad)
-        norm = jnp.linalg.norm(delta)
-        return v + delta * jnp.minimum(1.0, 4.0 / jnp.maximum(norm, 1e-12))
+        cand = v[None, :] + scales[:, None] * delta[None, :]
+        value = jax.vmap(lambda c: _log_posterior(params, counts, error_sums, c))(cand)
+        return cand[jnp.argmax(value)]
 
     return jax.lax.fori_loop(0, n_steps, step, params.v_mean)
 
@@ -227,9 +241,14 @@ def _fit_low_rank(key, counts, errors, model_mask, *, rank: int, n_steps: int, r
     return p
 
 
-def _fit_prior(key, counts, errors, model_mask, *, rank: int, n_steps: int, ridge: float):
-    """Population prior: factors, offsets, Gaussian over LLMs' `(a, v)` and the strength `kappa`."""
-    p = _fit_low_rank(key, counts, errors, model_mask, rank=rank, n_steps=n_steps, ridge=ridge)
+def _fit_prior(key, counts, errors, model_mask, factor_counts, factor_errors, *, rank: int, n_steps: int,
+               ridge: float):
+    """Population prior: factors, offsets, Gaussian over LLMs' `(a, v)` and the strength `kappa`.
+
+    The factors are fitted on `factor_counts` (all the labels of the represented LLMs), `kappa` on
+    `counts` (their labels on the prompts a new LLM is labelled on, so that its leave-one-cluster-out
+    predictions are as uncertain as a new LLM's)."""
+    p = _fit_low_rank(key, factor_counts, factor_errors, model_mask, rank=rank, n_steps=n_steps, ridge=ridge)
     K = counts.shape[1]
     factors = jnp.concatenate([jnp.ones((K, 1)), p["u"]], axis=1)  # [K, r + 1]
     av = jnp.concatenate([p["a"][:, None], p["v"]], axis=1)  # [R, r + 1]
@@ -255,8 +274,9 @@ def _fit_prior(key, counts, errors, model_mask, *, rank: int, n_steps: int, ridg
 
 @functools.partial(jax.jit, static_argnames=("n_groups", "rank", "n_steps"))
 def fit_kernel(key: jax.Array, counts: jax.Array, error_sums: jax.Array, model_mask: jax.Array,
-               centroids: jax.Array, cluster_masses: jax.Array, alpha: jax.Array, *, n_groups: int, rank: int = 2,
-               n_steps: int = 300) -> EstimatorParams:
+               centroids: jax.Array, cluster_masses: jax.Array, alpha: jax.Array, extra_counts: jax.Array | None = None,
+               extra_error_sums: jax.Array | None = None, *, n_groups: int, rank: int = 2,
+               n_steps: int = 1500) -> EstimatorParams:
     """Unchecked fit of every estimator from the represented LLMs (padded rows masked out).
 
     Args:
@@ -267,6 +287,8 @@ def fit_kernel(key: jax.Array, counts: jax.Array, error_sums: jax.Array, model_m
       centroids: [K, dim] cluster centroids (grouped by k-means for `hierarchical`).
       cluster_masses: [K] share of prompts per cluster (k-means weights).
       alpha: [] pseudo-count of `shrinkage`.
+      extra_counts, extra_error_sums: optional [R, K] further labels of the represented LLMs on other
+        prompts (e.g. training prompts); they enter the low-rank factors only, not the strengths.
       n_groups: number of coarse groups G <= K (static).
       rank: number of free factors r (static).
       n_steps: Adam steps of the low-rank fit (static).
@@ -282,7 +304,10 @@ def fit_kernel(key: jax.Array, counts: jax.Array, error_sums: jax.Array, model_m
                        n_init=3, max_iter=100, metric="euclidean")
     groups = km.labels.astype(jnp.int32)
     strengths = _fit_hierarchy(counts, error_sums, model_mask, groups, population_error)
-    prior = _fit_prior(k_prior, counts, error_sums, model_mask, rank=rank, n_steps=n_steps, ridge=1.0)
+    fc, fe = counts, error_sums
+    if extra_counts is not None:
+        fc, fe = counts + extra_counts, error_sums + extra_error_sums
+    prior = _fit_prior(k_prior, counts, error_sums, model_mask, fc, fe, rank=rank, n_steps=n_steps, ridge=1.0)
     return prior._replace(alpha=jnp.asarray(alpha, counts.dtype), population_error=population_error,
                           groups=groups, strengths=strengths)
 
