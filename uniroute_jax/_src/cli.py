@@ -146,11 +146,37 @@ def _cmd_add_model(args) -> int:
         raise CLIError(f"correctness must hold one value per validation prompt, got shape {q.shape}")
     cost = validation.nonnegative_float(args.cost, "cost")
     new = router.represent(x, q, [args.name], [cost])
+    from uniroute_jax._src.estimators import represent_new
+
+    new, report = represent_new(pool, new, args.estimator)
+    print("\n".join(report))
     pool = pool + new
     path = pool.save(args.pool)
     n = int(new.counts.sum())
     print(f"added {args.name!r} (cost {cost:g}, {n} validation labels, error {new.error_sums.sum() / max(n, 1):.3f}) "
           f"to {path}: {len(pool)} models")
+    return 0
+
+
+def _cmd_select_prompts(args) -> int:
+    from uniroute_jax._src.estimators import fit_estimator
+    from uniroute_jax._src.selection import select_prompts
+
+    router, _ = _load_router_pool(args, need_pool=False)
+    x = read_matrix(args.candidates, "candidates", key="embeddings")
+    clusters = router.assign(x)
+    est, ref = None, None
+    if args.strategy == "informative":
+        from uniroute_jax._src.router import Pool
+
+        pool = Pool.load(args.pool) if args.pool and Path(args.pool).exists() else None
+        if pool is None or len(pool) < 2:
+            raise CLIError("select-prompts: --strategy informative needs --pool with at least two represented LLMs")
+        est = fit_estimator("prior", pool.counts, pool.error_sums, seed=args.seed)
+        ref = pool.psi
+    idx = select_prompts(clusters, args.n, strategy=args.strategy, n_clusters=router.n_clusters, estimator=est,
+                         reference_psi=ref, seed=args.seed)
+    write_table(args.out, ["prompt", "cluster"], [[int(i), int(clusters[i])] for i in idx])
     return 0
 
 
@@ -324,7 +350,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--name", required=True, help="model name")
     a.add_argument("--cost", required=True, type=float, help="cost per query")
     a.add_argument("--replace", action="store_true", help="overwrite a model of the same name")
+    a.add_argument("--estimator", choices=["mean", "shrinkage", "hierarchical", "prior"], default="prior",
+                   help="estimator of the per-cluster errors (default prior: learnt from the pool's LLMs)")
     a.set_defaults(func=_cmd_add_model)
+
+    sp = sub.add_parser("select-prompts", help="the N candidate prompts to label for a new LLM")
+    sp.add_argument("--router", "-r", required=True, help="router file from `uniroute fit`")
+    sp.add_argument("--candidates", required=True, help="[n_cand, dim] embeddings of the candidate prompts")
+    sp.add_argument("-n", type=int, required=True, help="prompts to choose")
+    sp.add_argument("--strategy", choices=["random", "stratified", "informative"], default="stratified")
+    sp.add_argument("--pool", "-p", help="pool file of represented LLMs (needed by --strategy informative)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", "-o", help="CSV/JSONL of the chosen row indices (default stdout)")
+    sp.set_defaults(func=_cmd_select_prompts)
 
     r = sub.add_parser("route", help="choose a model for each prompt at a trade-off --lam")
     r.add_argument("--router", "-r", required=True)

@@ -451,3 +451,73 @@ def labels_to_counts(assignments: ArrayLike, quality: ArrayLike, *, n_clusters: 
     onehot = np.eye(n_clusters, dtype=np.float64)[a]  # [n_val, K]
     err = np.where(mask, 1.0 - np.where(mask, q, 0.0), 0.0)
     return (onehot.T @ mask).T.astype(np.float32), (onehot.T @ err).T.astype(np.float32)
+
+
+# ------------------------------------------------------------------- onboarding one LLM
+
+
+def labels_to_halve(widths: ArrayLike, effective_counts: ArrayLike, masses: ArrayLike) -> int:
+    """More labels, spread by cluster mass, that halve the mass-weighted mean interval width.
+
+    A Beta interval's width shrinks like `1 / sqrt(effective labels)`; cluster `k` (effective
+    count `c_k = n_k + s_k + 1`) receives `N w_k` of `N` new labels, so its width becomes
+    `width_k sqrt(c_k / (c_k + N w_k))`. Returns the smallest such `N` (doubling, then bisection).
+    """
+    w_ = np.asarray(widths, np.float64).ravel()
+    c = np.maximum(np.asarray(effective_counts, np.float64).ravel(), 1e-9)
+    m = np.asarray(masses, np.float64).ravel()
+    m = m / m.sum()
+    target = 0.5 * np.sum(m * w_)
+    mean_width = lambda n: np.sum(m * w_ * np.sqrt(c / (c + n * m)))
+    hi = 1
+    while mean_width(hi) > target and hi < 1 << 40:
+        hi *= 2
+    lo = hi // 2
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if mean_width(mid) > target else (lo, mid)
+    return int(hi)
+
+
+def represent_new(pool, new, method: str = DEFAULT_METHOD, *, level: float = 0.95, seed: int = 0):
+    """Re-estimates freshly represented LLMs with an estimator fitted on the pool's LLMs.
+
+    Args:
+      pool: the `Pool` of LLMs already represented (the estimator's reference; may be empty).
+      new: a `Pool` of the new LLMs from `router.represent` (its counts and error sums are used).
+      method: one of `METHODS`; "hierarchical" and "prior" fall back to "shrinkage" while the pool
+        holds fewer than two LLMs (there is no population to learn from).
+      level: probability of the reported intervals.
+      seed: seed of the fit.
+
+    Returns:
+      `(pool_of_new, lines)`: the new LLMs with the estimator's `psi`, and a human-readable report:
+      per-cluster intervals and one line saying how many more labels would tighten them.
+    """
+    method = validation.choice(method, "method", METHODS)
+    used = method
+    if method in ("hierarchical", "prior") and (len(pool) < 2 or float(np.sum(pool.counts)) == 0):
+        used = "shrinkage"
+    if used in ("mean", "shrinkage"):
+        ref_n, ref_e = np.zeros((0, new.counts.shape[1])), np.zeros((0, new.counts.shape[1]))
+    else:
+        ref_n, ref_e = pool.counts, pool.error_sums
+    masses = np.asarray(pool.counts).sum(0) + np.asarray(new.counts).sum(0) + 1e-3
+    est = fit_estimator(used, ref_n, ref_e, cluster_masses=masses, seed=seed)
+    iv = est.intervals(new.counts, new.error_sums, level=level)
+    psi = np.asarray(iv.mean, np.float64)
+    out = type(new)(new.names, new.costs, psi, new.counts, new.error_sums)
+    note = "" if used == method else f" ('{method}' needs at least two LLMs in the pool)"
+    lines = []
+    for i, name in enumerate(new.names):
+        n_i = np.asarray(new.counts[i])
+        lines.append(f"{name}: estimator '{used}'{note}, {int(n_i.sum())} labels; per-cluster error "
+                     f"[{level:.0%} interval]:")
+        lo, hi = np.asarray(iv.lower[i]), np.asarray(iv.upper[i])
+        lines += [f"  cluster {k}: {psi[i, k]:.3f} [{lo[k]:.3f}, {hi[k]:.3f}] from {int(n_i[k])} labels"
+                  for k in range(psi.shape[1])]
+        eff = np.asarray(iv.a[i] + iv.b[i])
+        more = labels_to_halve(hi - lo, eff, masses)
+        lines.append(f"  labelling about {more} more prompts (spread by cluster mass; `uniroute select-prompts`) "
+                     f"would halve the mean interval width ({np.sum(masses * (hi - lo)) / masses.sum():.3f} now)")
+    return out, lines
