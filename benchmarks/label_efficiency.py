@@ -368,6 +368,8 @@ def plot(r: dict, out: Path) -> Path:
             ax.plot(budgets, mean, style, marker="o", ms=3, color=COLOURS[c], label=c, lw=1.5)
             ax.fill_between(budgets, mean - se, mean + se, color=COLOURS[c], alpha=0.15, lw=0)
         ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(b) for b in budgets[:-1]] + [f"all\n({budgets[-1]})"], fontsize=8)
+        ax.minorticks_off()
         ax.set_xlabel("labelled validation prompts per unseen LLM")
         ax.set_title(f"{st} prompts", fontsize=10)
         ax.grid(alpha=0.3)
@@ -384,7 +386,14 @@ def main(argv=None) -> int:
     ap.add_argument("--trials-routerdc", type=int, default=30, help="trials on routerdc_7llm (default 30)")
     ap.add_argument("--default", default="prior", choices=ESTIMATORS, help="estimator marked as the default")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "label_efficiency"))
+    ap.add_argument("--replot", action="store_true", help="redraw the PNGs from the saved .npz files and exit")
     args = ap.parse_args(argv)
+    if args.replot:
+        for path in sorted(Path(args.out).glob("*.npz")):
+            with np.load(path, allow_pickle=False) as z:
+                r = {"name": path.stem, "areas": z["areas"], "budgets": z["budgets"], "trials": z["areas"].shape[0]}
+            _log(f"redrawn {plot(r, Path(args.out))}")
+        return 0
     command = "python benchmarks/label_efficiency.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
