@@ -124,3 +124,28 @@ def test_learn_map_needs_a_hard_map():
     x, q = np.eye(3, dtype=np.float32), np.ones((3, 2), np.float32)
     with pytest.raises(ValueError, match="starts from a k-means router"):
         soft.learn_map(x, q, x, q)
+
+
+def test_represent_with_an_estimator(setup):
+    router, pool, x, _ = setup  # both maps represent LLMs on the hard clusters (psi_source="hard")
+    rng = np.random.default_rng(11)
+    q_new = (rng.random((60, 1)) < 0.5).astype(np.float32)
+    val = x[:60]
+    # "shrinkage" is the router's own pseudo-count rule; "mean" the plain per-cluster mean.
+    np.testing.assert_allclose(router.represent(val, q_new, ["n"], [1.0], estimator="shrinkage", reference=pool).psi,
+                               router.represent(val, q_new, ["n"], [1.0]).psi, atol=1e-6)
+    mean = router.represent(val, q_new, ["n"], [1.0], estimator="mean", reference=pool)
+    labels = router.assign(val)
+    for k in np.unique(labels):
+        np.testing.assert_allclose(mean.psi[0, k], 1.0 - q_new[labels == k, 0].mean(), atol=1e-6)
+    prior = router.represent(val[:5], q_new[:5], ["n"], [1.0], estimator="prior", reference=pool)
+    assert prior.router_fingerprint == router.fingerprint and np.all((prior.psi >= 0) & (prior.psi <= 1))
+
+
+def test_select_prompts_contract(setup):
+    router, pool, x, _ = setup
+    for strategy in ("random", "stratified", "informative"):
+        idx = router.select_prompts(x, 12, pool, strategy=strategy, seed=1)
+        assert idx.shape == (12,) and np.unique(idx).size == 12 and idx.min() >= 0 and idx.max() < len(x)
+    with pytest.raises(ValueError, match="at least two represented LLMs"):
+        router.select_prompts(x, 5, None, strategy="informative")

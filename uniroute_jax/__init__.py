@@ -28,6 +28,7 @@ from uniroute_jax._src.data import (
 )
 from uniroute_jax._src.embedding import TextEmbedder, embed_texts, resolve_model_dir
 from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, ErrorVectors, error_vectors
+from uniroute_jax._src.estimators import Estimator, fit_estimator
 from uniroute_jax._src.evaluation import EvaluationResult, ProtocolConfig, evaluate, synthetic_dataset
 from uniroute_jax._src.fixed_pool import FixedPoolConfig, FixedPoolRouter, random_router_estimates
 from uniroute_jax._src.kmeans import KMeansResult, assign_clusters, kmeans
@@ -67,6 +68,7 @@ from uniroute_jax._src.routing import (
     route,
 )
 from uniroute_jax._src.sweeps import sweep
+from uniroute_jax._src.selection import select_prompts
 from uniroute_jax._src.sharding import (
     pool_mesh,
     shard_trials,
@@ -102,6 +104,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "ErrorIntervals",
     "ErrorVectors",
+    "Estimator",
     "EvaluationResult",
     "ExactCurve",
     "FixedPoolConfig",
@@ -148,6 +151,7 @@ __all__ = [
     "evaluate",
     "exact_curve",
     "explain",
+    "fit_estimator",
     "interpolate_curve",
     "kmeans",
     "knn_estimates",
@@ -181,6 +185,7 @@ __all__ = [
     "sample_prompt_space",
     "sample_prompts",
     "save_folder",
+    "select_prompts",
     "shard_trials",
     "sharded_exact_curve",
     "sharded_sweep",

@@ -204,6 +204,7 @@ def _cmd_add_model(args) -> int:
         raise CLIError(f"correctness has {q.shape[0]} values but val-embeddings has {x.shape[0]} prompts")
     cost = validation.nonnegative_float(args.cost, "cost")
     new = router.represent(x, q, [name], [cost])
+    from uniroute_jax._src.estimators import represent_new
     # Read, change and write the pool under its lock: concurrent add-model runs queue here
     # instead of each writing back the pool it read and losing the others' models.
     with locked(pool_path):
@@ -218,11 +219,36 @@ def _cmd_add_model(args) -> int:
             pool = pool.remove(name)
         else:
             order.append(name)
+        # The estimator learns from the LLMs already in the pool (read under the lock).
+        new, report = represent_new(pool, new, args.estimator)
         pool = (pool + new).select(order)  # a replaced model keeps its place
         path = pool.save(pool_path)
+    print("\n".join(report))
     n = int(new.counts.sum())
     print(f"added {name!r} (cost {cost:g}, {n} validation labels, error {new.error_sums.sum() / max(n, 1):.3f}) "
           f"to {path}: {len(pool)} models")
+    return 0
+
+
+def _cmd_select_prompts(args) -> int:
+    from uniroute_jax._src.estimators import fit_estimator
+    from uniroute_jax._src.selection import select_prompts
+
+    router, _ = _load_router_pool(args, need_pool=False)
+    x = read_matrix(args.candidates, "candidates", key="embeddings")
+    clusters = router.assign(x)
+    est, ref = None, None
+    if args.strategy == "informative":
+        from uniroute_jax._src.pool import Pool
+
+        pool = Pool.load(args.pool) if args.pool and Path(args.pool).exists() else None
+        if pool is None or len(pool) < 2:
+            raise CLIError("select-prompts: --strategy informative needs --pool with at least two represented LLMs")
+        est = fit_estimator("prior", pool.counts, pool.error_sums, seed=args.seed)
+        ref = pool.psi
+    idx = select_prompts(clusters, args.n, strategy=args.strategy, n_clusters=router.n_clusters, estimator=est,
+                         reference_psi=ref, seed=args.seed)
+    write_table(args.out, ["prompt", "cluster"], [[int(i), int(clusters[i])] for i in idx])
     return 0
 
 
@@ -546,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--name", required=True, help="model name")
     a.add_argument("--cost", required=True, type=float, help="cost per query")
     a.add_argument("--replace", action="store_true", help="overwrite a model of the same name")
+    a.add_argument("--estimator", choices=["mean", "shrinkage", "hierarchical", "prior"], default="prior",
+                   help="estimator of the per-cluster errors (default prior: learnt from the pool's LLMs)")
     a.set_defaults(func=_cmd_add_model)
 
     m = sub.add_parser("embed", help="embed prompt texts with all-MiniLM-L6-v2; write an embeddings .npy")
@@ -554,6 +582,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model-dir", help="embedding model folder (default: installed package)")
     m.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
     m.set_defaults(func=_cmd_embed)
+
+    sp = sub.add_parser("select-prompts", help="the N candidate prompts to label for a new LLM")
+    sp.add_argument("--router", "-r", required=True, help="router file from `uniroute fit`")
+    sp.add_argument("--candidates", required=True, help="[n_cand, dim] embeddings of the candidate prompts")
+    sp.add_argument("-n", type=int, required=True, help="prompts to choose")
+    sp.add_argument("--strategy", choices=["random", "stratified", "informative"], default="stratified")
+    sp.add_argument("--pool", "-p", help="pool file of represented LLMs (needed by --strategy informative)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", "-o", help="CSV/JSONL of the chosen row indices (default stdout)")
+    sp.set_defaults(func=_cmd_select_prompts)
 
     r = sub.add_parser("route", help="choose a model for each prompt at a trade-off --lam")
     r.add_argument("--router", "-r", required=True)

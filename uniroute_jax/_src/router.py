@@ -31,11 +31,13 @@ from jax.typing import ArrayLike
 from uniroute_jax._src import persistence, validation
 from uniroute_jax._src.curves import Calibration, ExactCurve, calibrate, exact_curve, route_calibrated
 from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, error_vectors
+from uniroute_jax._src.estimators import fit_estimator, represent_new
 from uniroute_jax._src.feature_maps import FeatureMap, HardMap, SoftMap, features_kernel, map_from_file
 from uniroute_jax._src.kmeans import assign_kernel, kmeans
 from uniroute_jax._src.learned_map import LearnedMapConfig, train_soft_map
 from uniroute_jax._src.pool import Pool, check_pool, check_prompt_tables
 from uniroute_jax._src.routing import SweepResult, lambda_grid, make_units, route_kernel
+from uniroute_jax._src.selection import select_prompts
 from uniroute_jax._src.sweeps import sweep
 from uniroute_jax._src.training import as_key, check_quality, host_rng
 
@@ -367,6 +369,8 @@ class UniRouter:
         costs: ArrayLike,
         *,
         label_mask: ArrayLike | None = None,
+        estimator: str | None = None,
+        reference: Pool | None = None,
     ) -> Pool:
         """Represents LLMs — seen in training or brand-new — from their validation labels. No refit.
 
@@ -377,6 +381,11 @@ class UniRouter:
           names: [n_models] names of the LLMs.
           costs: [n_models] cost per query.
           label_mask: optional [n_val, n_models] bool.
+          estimator: None (default) for the router's pseudo-count rule (`alpha`), or one of
+            `estimators.METHODS` ("mean", "shrinkage", "hierarchical", "prior"): an estimator
+            that learns from the LLMs of `reference` how per-cluster errors co-vary, for LLMs
+            with few labels (see `estimators`).
+          reference: the pool of LLMs already represented by this router, for `estimator`.
 
         Returns:
           A `Pool` of those LLMs, on the hard clusters (or, for a soft map with
@@ -393,8 +402,36 @@ class UniRouter:
         weights = self.feature_map.representation_weights(x)
         ev = error_vectors(weights, q, n_clusters=self.n_clusters, label_mask=label_mask, alpha=self.alpha)
         costs = np.atleast_1d(costs) if np.isscalar(costs) else costs
-        return Pool(names, costs, np.asarray(ev.psi), np.asarray(ev.counts), np.asarray(ev.error_sums),
+        pool = Pool(names, costs, np.asarray(ev.psi), np.asarray(ev.counts), np.asarray(ev.error_sums),
                     self.fingerprint)
+        if estimator is None:
+            return pool
+        if reference is None:
+            reference = Pool.empty(self.n_clusters)
+        elif len(reference):
+            self._check_pool(reference)
+        return represent_new(reference, pool, estimator)[0]
+
+    def select_prompts(self, candidates: ArrayLike, n: int, pool: Pool | None = None, *,
+                       strategy: str = "stratified", seed: int = 0) -> np.ndarray:
+        """Which `n` of the candidate prompts to label for a new LLM: `[n]` row indices.
+
+        Args:
+          candidates: [n_candidates, dim] embeddings of prompts that could be labelled.
+          n: how many to choose.
+          pool: the LLMs already represented (needed by "informative": at least two).
+          strategy: "random", "stratified" (by cluster mass, the default) or "informative"
+            (greedy reduction of the decision-weighted posterior variance under the pool's prior).
+          seed: for the random parts.
+        """
+        est = ref = None
+        if strategy == "informative":
+            if pool is None or len(pool) < 2:
+                raise ValueError("pool must hold at least two represented LLMs for strategy='informative'")
+            self._check_pool(pool)
+            est, ref = fit_estimator("prior", pool.counts, pool.error_sums, seed=seed), pool.psi
+        return select_prompts(self.assign(candidates), n, strategy=strategy, n_clusters=self.n_clusters,
+                              estimator=est, reference_psi=ref, seed=seed)
 
     # ------------------------------------------------------------------------------ routing
 
