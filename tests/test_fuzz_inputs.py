@@ -120,7 +120,8 @@ def test_add_model_correct_or_one_clear_error(world, tmp_path_factory, capsys, c
     world["pool"].save(pool_path)
     inputs = {p: _digest(p) for p in (f, d / "router.npz", d / "val.npy", pool_path)}
     code, out, err = _run(["add-model", "-r", d / "router.npz", "-p", pool_path, "--val-embeddings",
-                           d / "val.npy", "--correctness", f, "--name", name, "--cost", 2], capsys)
+                           d / "val.npy", "--correctness", f, "--name", name, "--cost", 2, "--estimator", "shrinkage"],
+                          capsys)
     changed = {p for p in inputs if _digest(p) != inputs[p]}
     event(f"exit {code}")
     if code == 2:
@@ -138,7 +139,8 @@ def test_add_model_correct_or_one_clear_error(world, tmp_path_factory, capsys, c
         c = c.strip()
         parsed.append(np.nan if c in ("", "nan") else float(c))
     q = np.asarray(parsed, np.float32)[:, None]
-    want = world["router"].represent(np.load(d / "val.npy"), q, [name], [2.0])
+    want = world["router"].represent(np.load(d / "val.npy"), q, [name], [2.0], estimator="shrinkage",
+                                     reference=world["pool"])
     got = Pool.load(pool_path)
     assert got.names == world["pool"].names + (name,)
     np.testing.assert_array_equal(got.psi[-1], want.psi[0])

@@ -48,7 +48,8 @@ def _pool(setup, tmp_path, capsys, names=("a", "b", "c")):
     d, path = setup["dir"], tmp_path / "pool.npz"
     for j, name in enumerate(names):
         code, _, err = run(["add-model", "-r", d / "router.npz", "-p", path, "--val-embeddings", d / "val.npy",
-                            "--correctness", d / f"q{j}.csv", "--name", name, "--cost", j + 1], capsys)
+                            "--correctness", d / f"q{j}.csv", "--name", name, "--cost", j + 1,
+                            "--estimator", "shrinkage"], capsys)  # rows that do not depend on the pool
         assert code == 0, err
     return path
 
@@ -415,7 +416,8 @@ def test_replace_keeps_the_models_place(setup, tmp_path, capsys):
     pool = _pool(setup, tmp_path, capsys)
     d = setup["dir"]
     code, _, err = run(["add-model", "-r", d / "router.npz", "-p", pool, "--val-embeddings", d / "val.npy",
-                        "--correctness", d / "q2.csv", "--name", "a", "--cost", 9, "--replace"], capsys)
+                        "--correctness", d / "q2.csv", "--name", "a", "--cost", 9, "--replace", "--estimator",
+                        "shrinkage"], capsys)
     assert code == 0, err
     got = Pool.load(pool)
     assert got.names == ("a", "b", "c")
@@ -587,3 +589,13 @@ def test_load_embedllm_takes_the_max_of_repeated_labels(tmp_path):
     np.testing.assert_array_equal(ds.quality, [[1, 1], [1, 0]])
     np.testing.assert_array_equal(ds.label_mask, np.ones((2, 2), bool))
     assert ds.model_names == ("m-7B", "m-13B") and ds.texts == ("q0", "q1")
+
+
+def test_all_blank_correctness_is_one_clear_error(setup, tmp_path, capsys):
+    d = setup["dir"]
+    n = np.load(d / "val.npy").shape[0]
+    blank = tmp_path / "blank.csv"
+    blank.write_text("nan\n" * n)
+    code, _, err = run(["add-model", "-r", d / "router.npz", "-p", tmp_path / "pool.npz", "--val-embeddings",
+                        d / "val.npy", "--correctness", blank, "--name", "x", "--cost", 1], capsys)
+    assert code == 2 and "correctness holds no label" in err and not (tmp_path / "pool.npz").exists()

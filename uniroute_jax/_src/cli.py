@@ -202,6 +202,8 @@ def _cmd_add_model(args) -> int:
     q = validation.unit_interval(validation.float_array(q, "correctness", allow_nan=True), "correctness")
     if q.shape[0] != x.shape[0]:
         raise CLIError(f"correctness has {q.shape[0]} values but val-embeddings has {x.shape[0]} prompts")
+    if np.isnan(q).all():
+        raise CLIError("correctness holds no label: every value is blank or nan (the model was run on no prompt)")
     cost = validation.nonnegative_float(args.cost, "cost")
     new = router.represent(x, q, [name], [cost])
     from uniroute_jax._src.estimators import represent_new
