@@ -9,6 +9,14 @@ from collections.abc import Callable
 
 import numpy as np
 
+from uniroute_jax._src.persistence import write_atomic
+
+
+def write_text(path, text: str) -> None:
+    """Writes `text` to `path` through a unique temp file in its folder, renamed over it."""
+    with write_atomic(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
 
 def timed(fn: Callable[[], object], repeats: int, ready: Callable[[object], object] = lambda x: x) -> dict:
     """First call (compile + run) and the median of `repeats` further calls, in seconds.

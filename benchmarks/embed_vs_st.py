@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import timed  # noqa: E402
+from common import timed, write_text  # noqa: E402
 
 WORDS = ("route model prompt cost answer question cluster budget accuracy token embed query large "
          "language small router value sample explain why the of a to in").split()
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "embed_vs_st.json").write_text(json.dumps(results, indent=1))
+    write_text(out / "embed_vs_st.json", json.dumps(results, indent=1))
     rows = ["| prompts | ours (JAX) prompts/s | sentence-transformers prompts/s | ratio | min cosine |",
             "|---|---|---|---|---|"]
     for name, r in results["lengths"].items():
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
              f"after a warm-up. Machine: {m['machine']}, {m['cpus']} CPUs; torch {m['torch']} "
              f"({m['torch_threads']} threads), jax {m['jax']} ({m['backend']}).",
              "Command: `.venv-st/bin/python benchmarks/embed_vs_st.py " + " ".join(argv or sys.argv[1:]) + "`"]
-    (out / "embed_vs_st.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "embed_vs_st.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -32,12 +32,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from uniroute_jax._src import evaluation as ev
-from uniroute_jax._src import metrics, plots
+from uniroute_jax._src import plots
 from uniroute_jax._src.estimators import METHODS as ESTIMATORS
 from uniroute_jax._src.estimators import default_n_groups, estimate_kernel, fit_kernel
 from uniroute_jax._src.kmeans import assign_kernel
 from uniroute_jax._src.selection import STRATEGIES, selection_kernel
+from uniroute_jax._src.persistence import write_atomic
 from uniroute_jax._src.sharding import trial_mesh
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_text  # noqa: E402
 
 DATASETS = ("alpacaeval", "routerbench_partial", "routerdc_7llm", "synthetic")
 BUDGETS = (5, 10, 20, 50, 100, 200)
@@ -342,19 +346,8 @@ def write_markdown(r: dict, s: dict, out: Path, command: str, default: str) -> P
               f"Machine: {platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), jax "
               f"{jax.__version__}; " + ", ".join(f"{k} {v:.0f}s" for k, v in sec.items()) + "."]
     path = out / f"{r['name']}.md"
-    _atomic_write(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates owner-only files
-    os.replace(tmp, path)
 
 
 def plot(r: dict, out: Path) -> Path:
@@ -407,10 +400,11 @@ def main(argv=None) -> int:
             s = summarise(r, args.default)
             write_markdown(r, s, out, command, args.default)
             plot(r, out)
-            np.savez(out / f"{name}.npz", areas=r["areas"], budgets=r["budgets"], chosen_k=r["chosen_k"],
-                     chosen_knn=r["chosen_knn"], columns=np.asarray(COLUMNS), strategies=np.asarray(STRATEGIES))
+            with write_atomic(out / f"{name}.npz", "wb") as f:
+                np.savez(f, areas=r["areas"], budgets=r["budgets"], chosen_k=r["chosen_k"],
+                         chosen_knn=r["chosen_knn"], columns=np.asarray(COLUMNS), strategies=np.asarray(STRATEGIES))
             summary[name] = s
-            _atomic_write(summary_path, json.dumps(summary, indent=1))
+            write_text(summary_path, json.dumps(summary, indent=1))
             _log(f"{name} written ({sum(r['seconds'].values()):.0f}s)")
     except KeyboardInterrupt:
         _log("interrupted; datasets finished so far are written")

@@ -28,6 +28,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_text  # noqa: E402
+
 import litellm  # noqa: E402
 
 import uniroute_jax as ur  # noqa: E402
@@ -183,9 +186,9 @@ def main(argv=None) -> int:
     setup = {"requests": n, "n_models": N_MODELS, "n_clusters": N_CLUSTERS, "dim": DIM, "lam": lam}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "litellm_overhead.json").write_text(json.dumps({"env": env, "setup": setup, **results}, indent=2) + "\n")
+    write_text(out_dir / "litellm_overhead.json", json.dumps({"env": env, "setup": setup, **results}, indent=2) + "\n")
     md = render(env, setup, results)
-    (out_dir / "litellm_overhead.md").write_text(md)
+    write_text(out_dir / "litellm_overhead.md", md)
     print(md)
     return 0
 

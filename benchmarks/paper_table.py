@@ -21,6 +21,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_text  # noqa: E402
+
 from uniroute_jax._src import evaluation as ev
 from uniroute_jax._src.data import load_shared
 from uniroute_jax._src.embedding import TextEmbedder
@@ -61,8 +64,8 @@ def run(name: str, trials: int, out: Path, embedder: TextEmbedder, k_grid: tuple
         f"embedding {t_embed:.0f}s (cache hits are instant), protocol "
         + ", ".join(f"{k} {v:.0f}s" for k, v in res.seconds.items()) + ".",
     ]
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
-    (out / f"{name}.csv").write_text(res.table("csv"))
+    write_text(out / f"{name}.md", "\n".join(lines) + "\n")
+    write_text(out / f"{name}.csv", res.table("csv"))
     res.plot(out / f"{name}.png", title=f"{name}: mean deferral curves over {trials} trials\n(unseen LLMs, ± 1 std over trials)")
     print("\n".join(lines), flush=True)
     return {m: float(np.mean(res.metrics[m].area)) for m in res.methods}

@@ -32,6 +32,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_text  # noqa: E402
+
 import uniroute_jax as ur
 from uniroute_jax._src.embedding import TextEmbedder
 
@@ -110,8 +113,8 @@ def main(argv=None) -> int:
     ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "request_costs.md").write_text("\n".join(lines) + "\n")
-    (out / "request_costs.json").write_text(json.dumps({m: v.tolist() for m, v in a.items()}, indent=1) + "\n")
+    write_text(out / "request_costs.md", "\n".join(lines) + "\n")
+    write_text(out / "request_costs.json", json.dumps({m: v.tolist() for m, v in a.items()}, indent=1) + "\n")
     print("\n".join(lines))
     return 0
 

@@ -26,7 +26,7 @@ import numpy as np
 import uniroute_jax as ur
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import clustered_data, routing_problem, sweep_problem  # noqa: E402
+from common import clustered_data, routing_problem, sweep_problem, write_text  # noqa: E402
 from common import timed as host_timed  # noqa: E402
 
 SIZES = {
@@ -320,7 +320,7 @@ def main(argv=None) -> int:
         summary.update({f"{k}_first_call_s": round(v["first_call_s"], 3) for k, v in r.items() if isinstance(v, dict)})
         print(json.dumps(summary, indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        write_text(args.out, json.dumps(results, indent=1))
     return 0
 
 

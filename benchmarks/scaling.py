@@ -41,6 +41,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_text  # noqa: E402
+from uniroute_jax._src.persistence import write_atomic  # noqa: E402
+
 import uniroute_jax as ur
 
 BASE = dict(n_prompts=10_000, n_models=32, n_clusters=50, n_budgets=256, n_pools=32)
@@ -251,7 +255,8 @@ def plot(results: dict, meta: dict, path: Path) -> None:
               transform=info.transAxes)
     fig.suptitle("uniroute-jax: time to build curves vs problem size (log-log)", fontsize=13)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with write_atomic(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -308,8 +313,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     results = run(values, rounds, min_round_s, log)
     meta["seconds"] = time.perf_counter() - t0
-    (out / "scaling.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (out / "scaling.md").write_text(markdown(results, meta))
+    write_text(out / "scaling.json", json.dumps({"meta": meta, "results": results}, indent=1))
+    write_text(out / "scaling.md", markdown(results, meta))
     plot(results, meta, out / "scaling.png")
     print(markdown(results, meta).split("## Times")[0])
     log(f"done in {meta['seconds']:.0f}s; wrote {out / 'scaling.json'}, scaling.md, scaling.png")

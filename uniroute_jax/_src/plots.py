@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from uniroute_jax._src.persistence import write_atomic
+
 COLOURS = {"ZeroRouter": "tab:gray", "UniRoute (K-Means)": "tab:blue", "UniRoute": "tab:blue",
            "UniRoute (LearnedMap)": "tab:purple", "K-NN": "tab:orange", "MLP (clairvoyant)": "tab:red",
            "MLP (retrained)": "tab:brown", "Oracle": "tab:green"}
@@ -25,8 +27,9 @@ def save_figure(fig, path: str | Path) -> Path:
     """Lays out, writes (creating the folder) and closes `fig`; returns the path."""
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    # A unique temp file renamed over the target: an interrupted run never leaves half a PNG.
+    with write_atomic(path, "wb") as f:
+        fig.savefig(f, dpi=120, format=path.suffix.lstrip(".") or "png")
     _pyplot().close(fig)
     return path
 
