@@ -359,6 +359,16 @@ class UniRouter:
             return pool.psi.T[self.feature_map.assign(x)]
         return self.feature_map.features(x) @ pool.psi.T
 
+    def _phi_and_clusters(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`(Phi(x) [n, n_clusters], cluster [n])` of checked embeddings, each computed once: the hard
+        cluster and its one-hot row, or the soft weights and their heaviest cluster."""
+        fmap = self.feature_map
+        if fmap.hard:
+            cluster = fmap.assign(x)
+            return np.eye(self.n_clusters, dtype=np.float32)[cluster], cluster
+        phi = fmap.features(x)
+        return phi, np.argmax(phi, axis=1).astype(np.int32)
+
     # ------------------------------------------------------------------------------ LLMs
 
     def represent(
@@ -463,10 +473,9 @@ class UniRouter:
         fmap = self.feature_map
         if request_costs is not None:
             costs = self._request_costs(request_costs, x.shape[0], pool)
-            phi = fmap.features(x)
+            phi, cluster = self._phi_and_clusters(x)
             index = np.asarray(route_kernel(jnp.asarray(phi), jnp.asarray(pool.psi), jnp.asarray(costs),
                                             jnp.asarray(mask), jnp.asarray(lam, jnp.float32)).choice)
-            cluster = fmap.assign(x) if fmap.hard else np.argmax(phi, axis=1).astype(np.int32)
             return Routing(np.asarray(pool.names)[index], index, cluster)
         if fmap.hard:
             out = route_embeddings_kernel(jnp.asarray(x), jnp.asarray(fmap.centroids),
@@ -629,14 +638,14 @@ class UniRouter:
         """Routes with a calibration from `calibrate`: each prompt takes the higher-cost decision
         with the calibrated probability, so the mean cost meets the target in expectation.
         `request_costs` ([n_prompts, n_models]) as in `route`."""
-        est = self.estimates(embeddings, pool)
-        costs = pool.costs if request_costs is None else self._request_costs(request_costs, est.shape[0], pool)
+        self._check_pool(pool)
+        x = self._embeddings(embeddings)
+        phi, cluster = self._phi_and_clusters(x)
+        est = pool.psi.T[cluster] if self.feature_map.hard else phi @ pool.psi.T
+        costs = pool.costs if request_costs is None else self._request_costs(request_costs, x.shape[0], pool)
         mask = self._model_mask(pool, models)[None, :]
         key = jax.random.key(validation.positive_int(seed, "seed", minimum=0))
         index = np.asarray(route_calibrated(calibration, est, costs, key, pool_masks=mask).choice)[0]
-        x = self._embeddings(embeddings)
-        cluster = self.feature_map.assign(x) if self.feature_map.hard else np.argmax(
-            self.feature_map.features(x), axis=1).astype(np.int32)
         return Routing(np.asarray(pool.names)[index], index, cluster)
 
     def log_loss(self, embeddings: ArrayLike, quality: ArrayLike, pool: Pool, *,
