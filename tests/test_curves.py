@@ -139,8 +139,8 @@ def _random_instance(seed, n_units=N_UNITS, max_models=MAX_MODELS, n_pools=N_POO
 def test_matches_numpy_reference(instance):
     est, units, costs, masks, monotone = instance
     exact = exact_curve(est, units, costs, pool_masks=masks)
-    n_points = N_UNITS * (MAX_MODELS - 1) + 1
-    assert exact.lam_start.shape == (N_POOLS, n_points)
+    n_slots = exact.lam_start.shape[1] - 1  # N_UNITS * max_steps, max_steps <= MAX_MODELS - 1
+    assert exact.lam_start.shape[0] == N_POOLS and n_slots % N_UNITS == 0 and n_slots <= N_UNITS * (MAX_MODELS - 1)
     for p in range(N_POOLS):
         ref = reference_curve(est, units.weight, units.quality_sums, units.cost_sums, costs, masks[p])
         got = _valid_points(exact, p)
@@ -155,6 +155,30 @@ def test_matches_numpy_reference(instance):
     probes = _probes(np.unique(np.concatenate([_valid_points(exact, p)[:, 0] for p in range(N_POOLS)])))
     grid = ur.sweep(est, units, costs, probes, pool_masks=masks)
     chex.assert_trees_all_close(curve_at(exact, probes), grid, rtol=1e-5, atol=1e-6)
+
+
+def test_events_sized_by_the_longest_envelope():
+    est, units, costs, masks = _random_instance(3, n_units=20, max_models=24, n_pools=6)
+    # Independent count: a unit alone has one valid point per switch, plus lam = 0.
+    switches = max(len(reference_curve(est[u:u + 1], units.weight[u:u + 1], units.quality_sums[u:u + 1],
+                                       units.cost_sums[u:u + 1], costs, masks[p])) - 1
+                   for p in range(6) for u in range(20))
+    steps = int(curves.envelope_steps_kernel(jnp.asarray(est), jnp.asarray(costs), jnp.asarray(masks)))
+    assert steps == switches and 1 < steps < 23
+    full = curves.exact_curve_kernel(est, units, costs, masks)
+    assert full.lam_start.shape == (6, 20 * 23 + 1)
+    same = curves.exact_curve_kernel(est, units, costs, masks, max_steps=steps)
+    short = curves.exact_curve_kernel(est, units, costs, masks, max_steps=steps - 1)
+    for p in range(6):
+        np.testing.assert_array_equal(_valid_points(same, p)[:, 0], _valid_points(full, p)[:, 0])
+        np.testing.assert_allclose(_valid_points(same, p), _valid_points(full, p), rtol=1e-6, atol=1e-7)
+    # One slot fewer than the longest envelope loses that unit's last switch.
+    assert sum(len(_valid_points(short, p)) for p in range(6)) < sum(len(_valid_points(full, p)) for p in range(6))
+    checked = exact_curve(est, units, costs, pool_masks=masks)  # sized by the measured steps
+    cap = 1 << (steps - 1).bit_length()
+    assert checked.lam_start.shape == (6, 20 * cap + 1)
+    for p in range(6):
+        np.testing.assert_allclose(_valid_points(checked, p), _valid_points(full, p), rtol=1e-6, atol=1e-7)
 
 
 def test_exact_curve_is_the_limit_of_dense_grids():
@@ -207,18 +231,22 @@ def test_padded_pool_equals_unpadded():
 
 
 def test_vmapped_equals_looped_and_chunked():
+    # `exact_curve` sizes its output by the problem's longest envelope, so curves of different
+    # problems are compared by their valid points.
+    same = lambda a, pa, b, pb: np.testing.assert_allclose(_valid_points(a, pa), _valid_points(b, pb), atol=1e-6)
     est, units, costs, masks = _random_instance(2)
     batched = exact_curve(est, units, costs, pool_masks=masks)
-    looped = [exact_curve(est, units, costs, pool_masks=masks[p:p + 1]) for p in range(N_POOLS)]
-    chex.assert_trees_all_close(batched, jax.tree.map(lambda *x: jnp.concatenate(x), *looped), atol=1e-6)
+    for p in range(N_POOLS):
+        same(batched, p, exact_curve(est, units, costs, pool_masks=masks[p:p + 1]), 0)
     # Callers vmap the kernel over trials; pool_batch=2 also runs the chunked path (two chunks,
     # one padded pool).
     est2 = np.stack([est, est[::-1]])
     trials = jax.vmap(lambda e: curves.exact_curve_kernel(e, units, jnp.asarray(costs), jnp.asarray(masks),
                                                           pool_batch=2))(est2)
-    chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], trials), batched, atol=1e-6)
-    flipped = exact_curve(est2[1], units, costs, pool_masks=masks)
-    chex.assert_trees_all_close(jax.tree.map(lambda x: x[1], trials), flipped, atol=1e-6)
+    for t in range(2):
+        single = exact_curve(est2[t], units, costs, pool_masks=masks)
+        for p in range(N_POOLS):
+            same(jax.tree.map(lambda x: x[t], trials), p, single, p)
 
 
 @pytest.mark.slow  # eager mode compiles every primitive on first use: about 5 s of CPU

@@ -252,7 +252,8 @@ def test_eight_devices_match_one_device():
     assert v["exact_blocks"] == [[2], 8]
     assert v["sweep_devices"] == v["exact_devices"] == v["trials_devices"] == 8
     assert v["sweep_shape"] == [13, 11]
-    assert v["exact_shape"] == [13, 9 * 5 + 1]
+    # 9 units, each with at most max_steps <= 5 switches (sized like `exact_curve`'s).
+    assert v["exact_shape"][0] == 13 and (v["exact_shape"][1] - 1) % 9 == 0 and v["exact_shape"][1] <= 9 * 5 + 1
     assert v["trials_shape"] == [5, 13, 9 * 5 + 1]
     # Same numbers as one device: decisions identical, sums equal up to float summation order.
     assert v["sweep_gap_one_mesh"] <= 1e-6 and v["sweep_gap_sweep"] <= 1e-6

@@ -5,7 +5,7 @@ checked by the caller: shapes, finiteness and masks are the caller's job. The ch
 in `uniroute_jax` validate first and then call these.
 """
 
-from uniroute_jax._src.curves import calibrate_kernel, curve_at_kernel, exact_curve_kernel
+from uniroute_jax._src.curves import calibrate_kernel, curve_at_kernel, envelope_steps_kernel, exact_curve_kernel
 from uniroute_jax._src.error_vectors import error_vectors_kernel
 from uniroute_jax._src.estimators import estimate_kernel, fit_kernel
 from uniroute_jax._src.feature_maps import features_kernel
@@ -19,6 +19,7 @@ __all__ = [
     "assign_kernel",
     "calibrate_kernel",
     "curve_at_kernel",
+    "envelope_steps_kernel",
     "error_vectors_kernel",
     "estimate_kernel",
     "exact_curve_kernel",

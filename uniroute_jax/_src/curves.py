@@ -16,7 +16,10 @@ each time to a strictly cheaper model. This module finds every such switch exact
    deltas from the `lam = 0` operating point gives the curve at every breakpoint, in
    `O(n_units * max_models * (max_models + log(n_units * max_models)))` per pool.
 
-Output shape is fixed: `n_points = n_units * (max_models - 1) + 1`. Point `j` holds for
+Output shape is fixed: `n_points = n_units * max_steps + 1`, with `max_steps = max_models - 1` in
+the kernel unless the caller knows a smaller bound on every unit's switches (`exact_curve`
+measures one first: most units switch a few times, and the sort and sums then run over far
+fewer empty slots). Point `j` holds for
 `lam in [lam_start[j], lam_start[j + 1])`. Several events at exactly the same time are merged:
 only the last point of a run of equal `lam_start` is `valid` (every point of the run holds the
 full run's state), and unused event slots (`lam_start = +inf`) are not valid. A unit of weight 0
@@ -146,17 +149,20 @@ def _compensated_cumsum(x: jax.Array) -> jax.Array:
     return s + jnp.cumsum(x - d, axis=0)
 
 
-def _envelope_events(estimates, costs, model_mask):
+def _envelope_events(estimates, costs, model_mask, max_steps: int | None = None):
     """Every decision switch of every unit as `lam` grows; see the module docstring.
+
+    `max_steps` (default `max_models - 1`, always enough) sizes the outputs; a smaller value
+    must bound every unit's number of switches (`envelope_steps_kernel` measures it).
 
     Returns:
       start [n_units] int32, the decision at `lam = 0` (-1 for an empty pool); times
-      [max_models - 1, n_units] (+inf where the unit has no further switch); and the model
-      before / after each switch, [max_models - 1, n_units] int32 (equal on +inf events, so
+      [max_steps, n_units] (+inf where the unit has no further switch); and the model
+      before / after each switch, [max_steps, n_units] int32 (equal on +inf events, so
       their deltas are exactly 0).
     """
     n_units, max_models = estimates.shape
-    n_steps = max(max_models - 1, 0)
+    n_steps = max(max_models - 1, 0) if max_steps is None else max_steps
     start = choose(estimates, costs, model_mask).astype(jnp.int32)  # ties: cheaper, then lower index
     live = start >= 0
     # Costs as rows: one shared row for per-model costs, one row per unit for per-request costs.
@@ -212,10 +218,10 @@ def _sort_key(t: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(t, int_type)
 
 
-def _exact_curve_one(estimates, units: RoutingUnits, costs, model_mask):
-    """One pool's exact curve: flat arrays of `n_units * (max_models - 1) + 1` points."""
+def _exact_curve_one(estimates, units: RoutingUnits, costs, model_mask, max_steps: int | None = None):
+    """One pool's exact curve: flat arrays of `n_units * max_steps + 1` points."""
     dtype = estimates.dtype
-    start, times, before, after = _envelope_events(estimates, costs, model_mask)
+    start, times, before, after = _envelope_events(estimates, costs, model_mask, max_steps)
     tables = (units.cost_sums, units.quality_sums, estimates * units.weight[:, None])
     safe_start = jnp.maximum(start, 0)[:, None]
     base = jnp.stack([jnp.sum(jnp.take_along_axis(tab, safe_start, axis=1)) for tab in tables])
@@ -243,9 +249,9 @@ def _cast_units(units: RoutingUnits, dtype) -> RoutingUnits:
     return RoutingUnits(*(jnp.asarray(x, dtype) for x in units))
 
 
-@functools.partial(jax.jit, static_argnames=("pool_batch",))
+@functools.partial(jax.jit, static_argnames=("pool_batch", "max_steps"))
 def exact_curve_kernel(estimates: jax.Array, units: RoutingUnits, costs: jax.Array, pool_masks: jax.Array,
-                       *, pool_batch: int = 1) -> ExactCurve:
+                       *, pool_batch: int = 1, max_steps: int | None = None) -> ExactCurve:
     """Unchecked exact curves over pools (vmappable over trials).
 
     Args:
@@ -254,15 +260,34 @@ def exact_curve_kernel(estimates: jax.Array, units: RoutingUnits, costs: jax.Arr
       costs: [max_models] per-query costs the router decides with, or [n_units, max_models].
       pool_masks: [n_pools, max_models] bool.
       pool_batch: pools vmapped together inside a sequential map (bounds peak memory).
+      max_steps: switches kept per unit; None (default) keeps `max_models - 1`, always enough. A
+        smaller value must be at least `envelope_steps_kernel(...)` for these inputs, or later
+        switches are lost: it shrinks the sort and the sums, which otherwise run over mostly
+        empty slots (a unit switches only along the lower hull of its (cost, estimate) points).
 
     Returns:
-      `ExactCurve` with `[n_pools, n_units * (max_models - 1) + 1]` arrays, in the dtype of
-      `estimates`.
+      `ExactCurve` with `[n_pools, n_units * max_steps + 1]` arrays, in the dtype of `estimates`.
     """
     dtype = jnp.result_type(estimates)
     units = _cast_units(units, dtype)
     costs = jnp.asarray(costs, dtype)
-    return _map_pools(lambda mask: _exact_curve_one(estimates, units, costs, mask), pool_masks, pool_batch)
+    one = lambda mask: _exact_curve_one(estimates, units, costs, mask, max_steps)
+    return _map_pools(one, pool_masks, pool_batch)
+
+
+@functools.partial(jax.jit, static_argnames=("pool_batch",))
+def envelope_steps_kernel(estimates: jax.Array, costs: jax.Array, pool_masks: jax.Array, *,
+                          pool_batch: int = 1) -> jax.Array:
+    """Most switches any unit makes as `lam` grows, `[]` int32 over all pools: the smallest valid
+    `max_steps` of `exact_curve_kernel` (the envelope walk alone, without sorting or sums)."""
+    dtype = jnp.result_type(estimates)
+    costs = jnp.asarray(costs, dtype)
+
+    def one(mask):
+        times = _envelope_events(estimates, costs, mask)[1]
+        return jnp.max(jnp.sum(jnp.isfinite(times), axis=0), initial=0).astype(jnp.int32)
+
+    return jnp.max(_map_pools(one, pool_masks, pool_batch))
 
 
 def _map_pools(fn, pool_masks, pool_batch: int):
@@ -466,8 +491,9 @@ def exact_curve(
       pool_masks: optional [n_pools, max_models] bool (default: one pool of every model).
 
     Returns:
-      `ExactCurve` with `[n_pools, n_points]` arrays, `n_points = n_units * (max_models - 1) + 1`,
-      points sorted by `lam_start`; point `j` is the router's outcome for every `lam` in
+      `ExactCurve` with `[n_pools, n_points]` arrays, `n_points = n_units * max_steps + 1` where
+      `max_steps <= max_models - 1` bounds every unit's number of switches (the longest envelope,
+      rounded up to a power of two), points sorted by `lam_start`; point `j` is the router's outcome for every `lam` in
       `[lam_start[j], lam_start[j + 1])`. Only `valid` points are operating points. float64 when
       x64 is enabled, float32 otherwise.
 
@@ -478,7 +504,16 @@ def exact_curve(
     est, costs, masks = _check_table(estimates, units, costs, pool_masks)
     n_units, max_models = est.shape
     batch = _pool_batch(n_units, max_models, masks.shape[0])
-    return exact_curve_kernel(est, units, costs, masks, pool_batch=batch)
+    max_steps = _steps_bound(est, costs, masks, batch)
+    return exact_curve_kernel(est, units, costs, masks, pool_batch=batch, max_steps=max_steps)
+
+
+def _steps_bound(est, costs, masks, pool_batch: int) -> int:
+    """`max_steps` for `exact_curve_kernel`: the longest envelope of these inputs, rounded up to a
+    power of two (so that similar problems share a compiled kernel). Most of the `max_models - 1`
+    event slots of a unit would otherwise be empty."""
+    steps = int(envelope_steps_kernel(est, costs, masks, pool_batch=pool_batch))
+    return min(max(est.shape[1] - 1, 0), 1 << max(steps - 1, 0).bit_length())
 
 
 def _check_exact(exact) -> ExactCurve:

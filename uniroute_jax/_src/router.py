@@ -221,17 +221,20 @@ class UniRouter:
         tol: float = 1e-4,
         metric: str = "cosine",
         alpha: float = DEFAULT_ALPHA,
+        init_sample: int | None = None,
         verbose: bool = False,
     ) -> UniRouter:
         """UniRoute (K-Means): fits k-means on unlabelled training-prompt embeddings `[n_prompts, dim]`.
 
-        No LLM label is needed: LLMs are represented afterwards with `represent`.
+        No LLM label is needed: LLMs are represented afterwards with `represent`. `init_sample`
+        seeds k-means++ on that many random prompts (see `kmeans`); `verbose` prints progress.
         """
         seed = validation.positive_int(seed, "seed", minimum=0)
-        x = validation.float_array(embeddings, "embeddings", ndim=2)
+        x = validation.float_array(embeddings, "embeddings", ndim=2, copy=False)  # only read by kmeans
         _log(verbose, f"k-means: {x.shape[0]} prompts x {x.shape[1]} dims, K={n_clusters}, n_init={n_init}")
         start = time.perf_counter()
-        res = kmeans(x, n_clusters, jax.random.key(seed), n_init=n_init, max_iter=max_iter, tol=tol, metric=metric)
+        res = kmeans(x, n_clusters, jax.random.key(seed), n_init=n_init, max_iter=max_iter, tol=tol, metric=metric,
+                     progress=verbose, init_sample=init_sample)
         res.inertia.block_until_ready()
         info = {"inertia": float(res.inertia), "n_iter": int(res.n_iter), "converged": bool(res.converged),
                 "seconds": round(time.perf_counter() - start, 3), "n_train": int(x.shape[0]), "seed": seed}

@@ -178,12 +178,12 @@ def _sweep_sharded(estimates, units, costs, pool_masks, lams, *, mesh: Mesh, poo
     return jax.shard_map(block, mesh=mesh, in_specs=(P(axis), P(), P(), P(), P()), out_specs=P(axis))(pool_masks, estimates, units, costs, lams)
 
 
-@jax.jit(static_argnames=("mesh", "pool_batch"))
-def _exact_sharded(estimates, units, costs, pool_masks, *, mesh: Mesh, pool_batch: int) -> ExactCurve:
+@jax.jit(static_argnames=("mesh", "pool_batch", "max_steps"))
+def _exact_sharded(estimates, units, costs, pool_masks, *, mesh: Mesh, pool_batch: int, max_steps: int) -> ExactCurve:
     axis = mesh.axis_names[0]
 
     def block(masks, est, u, c):
-        return curves.exact_curve_kernel(est, u, c, masks, pool_batch=pool_batch)
+        return curves.exact_curve_kernel(est, u, c, masks, pool_batch=pool_batch, max_steps=max_steps)
 
     # The envelope walk's while_loop starts from constant (replicated) carries that become
     # per-device values, which the varying-axes check rejects; every output is split over pools,
@@ -262,9 +262,10 @@ def _sharded_exact_curve_padded(estimates, units, costs, pool_masks, mesh) -> tu
     placed = _place_pools(masks, mesh)
     batch = curves._pool_batch(n_units, max_models, placed.shape[0] // mesh.size)
     dtype = est.dtype
+    max_steps = curves._steps_bound(est, costs, jnp.asarray(masks), batch)  # as `exact_curve` sizes its events
     est, units, costs = _replicate((np.asarray(est), RoutingUnits(*(np.asarray(x, dtype) for x in units)),
                                     np.asarray(costs)), mesh)
-    return _exact_sharded(est, units, costs, placed, mesh=mesh, pool_batch=batch), n_pools
+    return _exact_sharded(est, units, costs, placed, mesh=mesh, pool_batch=batch, max_steps=max_steps), n_pools
 
 
 def sharded_exact_curve(
@@ -289,8 +290,7 @@ def sharded_exact_curve(
       mesh: a 1-D `jax.sharding.Mesh` (default: `pool_mesh()`, every device).
 
     Returns:
-      `ExactCurve` with `[n_pools, n_units * (max_models - 1) + 1]` arrays, equal to `exact_curve`
-      on the same inputs (float64 when x64 is enabled). Split over the mesh when `n_pools` is a
+      `ExactCurve` with `[n_pools, n_points]` arrays, equal to `exact_curve` on the same inputs (float64 when x64 is enabled). Split over the mesh when `n_pools` is a
       multiple of the device count, else replicated on every device.
 
     Raises:

@@ -24,6 +24,7 @@ def float_array(
     shape: Sequence[int | None] | None = None,
     allow_nan: bool = False,
     dtype=np.float32,
+    copy: bool = True,
 ) -> np.ndarray:
     """Returns `x` as a finite float array, or raises naming `name`.
 
@@ -34,6 +35,8 @@ def float_array(
       shape: required shape; `None` entries match any size.
       allow_nan: let NaN through (missing labels); infinities are still rejected.
       dtype: the float dtype of the returned array.
+      copy: return a copy even when `x` already has `dtype` (False for a caller that only reads
+        `x` before it returns, e.g. to put it on the device).
     """
     if x is None:
         raise TypeError(f"{name} is required but got None")
@@ -60,7 +63,7 @@ def float_array(
             idx = tuple(int(i) for i in np.argwhere(big)[0])
             raise ValueError(f"{name} has {int(big.sum())} values too large for {np.dtype(dtype).name} "
                              f"(|x| > {np.finfo(dtype).max:.3g}; first at index {idx}, value {arr[idx]:g})")
-    arr = arr.astype(dtype, copy=True)
+    arr = arr.astype(dtype, copy=copy)
     bad = np.isinf(arr) if allow_nan else ~np.isfinite(arr)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
