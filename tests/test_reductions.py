@@ -41,6 +41,14 @@ def test_argmin_along_any_axis_under_jit_and_vmap():
     assert got.dtype == jnp.int32
 
 
+def test_small_and_large_calls_agree():
+    rng = np.random.default_rng(2)
+    for n in (1, reductions.SMALL - 1, reductions.SMALL, 300):  # both sides of the small-call shortcut
+        v = _awkward(rng, (17, n))
+        np.testing.assert_array_equal(np.asarray(jax.jit(reductions.argmin_leading)(jnp.asarray(v))[1]),
+                                      np.argmin(v, axis=0))
+
+
 def test_empty_axis_is_refused():
     with pytest.raises(ValueError, match="at least one row"):
         reductions.argmin_leading(jnp.zeros((0, 3)))

@@ -11,8 +11,13 @@ answer: the first index of the minimum, a NaN counting as the minimum.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+# Below this many minima per call (e.g. routing one prompt) the loop's per-step cost dominates.
+SMALL = 64
 
 
 def _running_min(values: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -41,6 +46,8 @@ def argmin_leading(values: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     if values.shape[0] == 0:
         raise ValueError("argmin_leading needs at least one row along axis 0")
+    if math.prod(values.shape[1:]) < SMALL:  # a loop step per row costs more than it saves here
+        return _reduce_min(values)
     return jax.lax.platform_dependent(values, cpu=_running_min, default=_reduce_min)
 
 
