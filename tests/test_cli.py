@@ -31,6 +31,17 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
+def test_fit_with_a_seeding_sample(files, capsys):
+    d = files
+    code, _, err = run(capsys, "fit", d / "train.npy", "-k", 5, "-o", d / "sampled.npz", "--init-sample", 200)
+    assert code == 0 and "[kmeans] k-means++ seeding on 200 points: 5/5 centroids" in err
+    x = np.load(d / "train.npy")
+    want = ur.UniRouter.fit(x, 5, init_sample=200)  # the CLI's defaults otherwise
+    np.testing.assert_array_equal(ur.UniRouter.load(d / "sampled.npz").centroids, want.centroids)
+    code, _, err = run(capsys, "fit", d / "train.npy", "-k", 5, "-o", d / "bad.npz", "--init-sample", 3)
+    assert code != 0 and "init_sample must be >= n_clusters (5), got 3" in err
+
+
 def test_fit_add_route_sweep(files, capsys):
     d = files
     assert run(capsys, "fit", d / "train.npy", "-k", 5, "-o", d / "router.npz")[0] == 0
