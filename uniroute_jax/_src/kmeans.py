@@ -5,6 +5,10 @@ The single-restart kernel follows scikit-learn's `KMeans(algorithm="lloyd")`: gr
 an early exit when no label changes, empty clusters moved to far points, and a final assignment so
 labels match the returned centroids. Weights double as a mask: a zero-weight point is never chosen
 as a seed, never moves a centroid and never fills an empty cluster.
+
+Built for request logs of a million prompts: the assignment runs over blocks of ASSIGN_BLOCK
+points and the update is a scatter-add (no `[n, K]` array), seeds are drawn by O(n) inverse-CDF
+sampling, and `kmeans` returns to Python between chunks of work (progress, Ctrl-C).
 """
 
 from __future__ import annotations
