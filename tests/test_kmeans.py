@@ -212,10 +212,13 @@ def test_progress_lines_and_ctrl_c_during_seeding(monkeypatch, capsys):
     real = km._seed_chunk
 
     def chunk(seeds, x, x_sq, weights, start, stop):
+        out = real(seeds, x, x_sq, weights, start, stop)
         chunks.append(int(stop))
         if len(chunks) == 1:
-            _thread.interrupt_main()  # what Ctrl-C does
-        return real(seeds, x, x_sq, weights, start, stop)
+            # What Ctrl-C does, once the chunk is done: an interrupt raised while JAX traces or
+            # compiles would leave its caches half-built for every later test.
+            _thread.interrupt_main()
+        return out
 
     monkeypatch.setattr(km, "_seed_chunk", chunk)
     with pytest.raises(KeyboardInterrupt):
