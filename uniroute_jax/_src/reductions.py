@@ -49,8 +49,3 @@ def argmin_leading(values: jax.Array) -> tuple[jax.Array, jax.Array]:
     if math.prod(values.shape[1:]) < SMALL:  # a loop step per row costs more than it saves here
         return _reduce_min(values)
     return jax.lax.platform_dependent(values, cpu=_running_min, default=_reduce_min)
-
-
-def argmin(values: jax.Array, axis: int = -1) -> jax.Array:
-    """First-index argmin along `axis`, int32, as `jnp.argmin` (moves `axis` first; see `argmin_leading`)."""
-    return argmin_leading(jnp.moveaxis(values, axis, 0))[1]
