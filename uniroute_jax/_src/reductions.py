@@ -1,10 +1,10 @@
-"""First-index argmin along one axis, fast on every backend.
+"""First-index argmin along the leading axis, fast on every backend.
 
 XLA's CPU backend lowers `jnp.argmin` to a variadic (value, index) reduce that it does not
 vectorise: over `[100, 4096]` scores it takes about 0.7 ms, five times the NumPy time, and the
 gap grows with the reduced axis (14 ms at 1,000 rows). A running minimum over the rows of the
 reduced axis, each step one vectorised compare-and-select over the rest, takes 0.13 ms. On CPU
-`argmin` runs that loop; on GPU and TPU, where a loop step is a kernel launch, it is `jnp.argmin`
+`argmin_leading` runs that loop; on GPU and TPU, where a loop step is a kernel launch, it is `jnp.argmin`
 (chosen when the computation is lowered, through `lax.platform_dependent`). Both give the same
 answer: the first index of the minimum, a NaN counting as the minimum.
 """
