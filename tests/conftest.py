@@ -1,8 +1,10 @@
 """Shared test settings: a derandomised hypothesis profile and the shared-data locator."""
 
+import gc
 import os
 from pathlib import Path
 
+import jax
 import pytest
 from hypothesis import settings
 
@@ -20,3 +22,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared routing data not found at {SHARED_DATA} (set UNIROUTE_DATA to its folder)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_kernels():
+    """Drop each test module's compiled kernels when it ends.
+
+    XLA's CPU client maps three memory regions per compiled executable, and a process may hold at
+    most `vm.max_map_count` of them (65,530 by default). The whole suite compiles about 20,000
+    executables, so in one process it would run out of mappings and crash inside a compile.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
