@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -96,7 +98,24 @@ def test_dataset_without_embeddings_is_refused(small):
         ev.evaluate(dataclasses.replace(ds, embeddings=None), config=cfg, progress=False)
 
 
+def test_estimator_option(small, result):
+    ds, cfg = small
+    kmeans_area = lambda res: np.asarray(res.metrics[ev.KMEANS].area)  # noqa: E731
+    run = lambda **kw: ev.evaluate(ds, methods=(ev.KMEANS,), config=dataclasses.replace(cfg, **kw),  # noqa: E731
+                                   progress=False)
+    mean, no_pseudo_count = run(estimator="mean"), run(alpha=0.0)
+    # "mean" is the per-cluster mean: the pseudo-count rule with alpha = 0, whatever alpha says ...
+    np.testing.assert_array_equal(kmeans_area(mean), kmeans_area(no_pseudo_count))
+    # ... and alpha = 1 (the default rule) routes differently on these data.
+    assert np.any(kmeans_area(mean) != kmeans_area(result))
+    prior = run(estimator="prior")
+    assert np.all(np.isfinite(kmeans_area(prior))) and np.any(kmeans_area(prior) != kmeans_area(result))
+    assert set(prior.chosen_k.tolist()) <= set(cfg.k_grid)
+
+
 def test_config_validation():
+    with pytest.raises(ValueError, match="estimator"):
+        ev.ProtocolConfig(estimator="median")
     with pytest.raises(ValueError, match="fractions"):
         ev.ProtocolConfig(fractions=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="k_grid"):

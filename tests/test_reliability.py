@@ -558,10 +558,10 @@ def test_evaluate_passes_its_estimator_options(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ev, "synthetic_dataset", lambda seed: _tiny_dataset())
     monkeypatch.setattr(ev, "evaluate", fake)
     code, _, err = run(["evaluate", "--alpha", 0.5, "--metric", "euclidean", "--n-init", 2, "--k-grid", "2,3",
-                        "--out", tmp_path / "o"], capsys)
+                        "--estimator", "hierarchical", "--out", tmp_path / "o"], capsys)
     assert code == 2 and "stop here" in err
     c = seen["config"]
-    assert (c.alpha, c.metric, c.n_init, c.k_grid) == (0.5, "euclidean", 2, (2, 3))
+    assert (c.alpha, c.metric, c.n_init, c.k_grid, c.estimator) == (0.5, "euclidean", 2, (2, 3), "hierarchical")
 
 
 def test_table_has_a_sign_test_against_zero_router():

@@ -412,7 +412,7 @@ def _cmd_evaluate(args) -> int:
     unknown = [m for m in methods if m.lower() not in aliases]
     if unknown:
         raise CLIError(f"unknown methods {unknown}; choose from {sorted(aliases)}")
-    kw = {"alpha": args.alpha, "metric": args.metric, "n_init": args.n_init}
+    kw = {"alpha": args.alpha, "metric": args.metric, "n_init": args.n_init, "estimator": args.estimator}
     if args.k_grid:
         kw["k_grid"] = _int_list(args.k_grid, "--k-grid")
     config = ev.ProtocolConfig(n_trials=args.trials, seed=args.seed, **kw)
@@ -634,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
     e.add_argument("--n-init", type=int, default=3, help="k-means restarts (default 3)")
     e.add_argument("--alpha", type=float, default=1.0, help="shrinkage pseudo-count for sparse clusters (default 1)")
+    e.add_argument("--estimator", choices=["mean", "shrinkage", "hierarchical", "prior"], default="shrinkage",
+                   help="UniRoute (K-Means)'s error vectors of every LLM (default shrinkage, the paper's)")
     e.add_argument("--model-dir", help="all-MiniLM-L6-v2 folder for embedding texts (default: installed package)")
     e.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
     e.add_argument("--out", "-o", default="uniroute_eval", help="output folder (default ./uniroute_eval)")

@@ -31,6 +31,8 @@ from uniroute_jax._src import metrics, plots, validation
 from uniroute_jax._src.curves import exact_curve_kernel
 from uniroute_jax._src.data import RoutingDataset
 from uniroute_jax._src.error_vectors import DEFAULT_ALPHA, error_vectors_kernel
+from uniroute_jax._src.estimators import METHODS as ESTIMATORS
+from uniroute_jax._src.estimators import default_n_groups, estimate_kernel, fit_kernel
 from uniroute_jax._src.kmeans import assign_kernel, kmeans_kernel
 from uniroute_jax._src.knn import knn_kernel
 from uniroute_jax._src.routing import RoutingUnits
@@ -58,6 +60,10 @@ class ProtocolConfig:
       n_init: k-means restarts.
       metric: embedding geometry, "cosine" or "euclidean".
       alpha: shrinkage pseudo-count of the error vectors.
+      estimator: how UniRoute (K-Means) estimates every LLM's error vector from its validation labels,
+        one of `estimators.METHODS`: "shrinkage" (the paper's, with `alpha`), "mean", or
+        "hierarchical" / "prior", fitted on the training LLMs' validation labels as references,
+        as `UniRouter.represent(..., estimator=, reference=)` does.
       trial_batch: trials vmapped together (0: at most 32, within a ~256 MiB budget for the prompts).
     """
 
@@ -70,6 +76,7 @@ class ProtocolConfig:
     n_init: int = 3
     metric: str = "cosine"
     alpha: float = DEFAULT_ALPHA
+    estimator: str = "shrinkage"
     trial_batch: int = 0
 
     def __post_init__(self):
@@ -85,6 +92,7 @@ class ProtocolConfig:
             if not grid or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in grid):
                 raise ValueError(f"{name} must be a non-empty tuple of positive ints, got {grid}")
         validation.choice(self.metric, "metric", ("cosine", "euclidean"))
+        validation.choice(self.estimator, "estimator", ESTIMATORS)
 
 
 class Splits(NamedTuple):
@@ -197,9 +205,9 @@ def _metrics_of(estimates, units: RoutingUnits, costs, pool, model_cost, model_q
     return m, metrics.interpolate_curve(cost, quality, valid, at)
 
 
-@functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "metric"))
+@functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "metric", "estimator", "rank"))
 def _kmeans_trial(key, emb, quality, label_mask, prompt_costs, costs, train, val, test, seen, unseen, alpha, *,
-                  n_clusters: int, n_init: int, metric: str):
+                  n_clusters: int, n_init: int, metric: str, estimator: str = "shrinkage", rank: int = 2):
     """UniRoute (K-Means) at one `K` on one trial: selection score and test metrics."""
     x = emb[train]
     xs = x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), 1e-12) if metric == "cosine" else x
@@ -209,8 +217,16 @@ def _kmeans_trial(key, emb, quality, label_mask, prompt_costs, costs, train, val
     # Cosine assignment is an argmax of dot products with unit centroids: rows need no normalising.
     assign = lambda idx: assign_kernel(emb[idx], km.centroids, metric=metric)
     lab_tr, lab_va, lab_te = assign(train), assign(val), assign(test)
-    ev = error_vectors_kernel(lab_va, quality[val], label_mask[val], alpha, n_clusters=n_clusters)
-    est = ev.psi.T  # [K, n_models]
+    ev = error_vectors_kernel(lab_va, quality[val], label_mask[val], alpha if estimator == "shrinkage" else 0.0,
+                              n_clusters=n_clusters)
+    est = ev.psi.T  # [K, n_models]: "shrinkage" and "mean" (alpha = 0) are the pseudo-count rule
+    if estimator in ("hierarchical", "prior"):
+        # References: the training LLMs' validation labels only (an unseen LLM's row is estimated from
+        # its own labels, never fitted on); the k-means key stays that of the paper's protocol.
+        masses = jnp.bincount(lab_tr, length=n_clusters).astype(x.dtype) / lab_tr.shape[0]
+        params = fit_kernel(jax.random.fold_in(key, 1), ev.counts, ev.error_sums, seen, km.centroids, masses, alpha,
+                            n_groups=default_n_groups(n_clusters), rank=rank)
+        est = estimate_kernel(params, ev.counts, ev.error_sums, method=estimator).psi.T
     # Selection: training LLMs, Psi from validation, scored on the training prompts.
     sel_units = _cluster_units(lab_tr, _own_fill(quality[train], label_mask[train]), prompt_costs[train], n_clusters)
     sel_area = _area_of(est, sel_units, costs, seen, prompt_costs[train].mean(0))
@@ -259,13 +275,15 @@ def _oracle_trial(quality, prompt_costs, costs, test, unseen):
 
 
 @functools.lru_cache(maxsize=64)
-def _trial_fn(kind: str, mesh, *, n_clusters: int = 0, n_init: int = 0, metric: str = "", k_max: int = 0):
+def _trial_fn(kind: str, mesh, *, n_clusters: int = 0, n_init: int = 0, metric: str = "", k_max: int = 0,
+              estimator: str = "shrinkage", rank: int = 2):
     """The trial-batched (and device-split) version of a per-trial kernel, built once per setting
     so that repeated `evaluate` calls reuse its compiled code."""
     if kind == "zero":
         return trial_vmap(_zero_trial, in_axes=(None,) * 4 + (0, 0, 0), mesh=mesh)
     if kind == "kmeans":
-        return trial_vmap(functools.partial(_kmeans_trial, n_clusters=n_clusters, n_init=n_init, metric=metric),
+        return trial_vmap(functools.partial(_kmeans_trial, n_clusters=n_clusters, n_init=n_init, metric=metric,
+                                            estimator=estimator, rank=rank),
                           in_axes=(0, None, None, None, None, None, 0, 0, 0, 0, 0, None), mesh=mesh)
     if kind == "knn":
         return trial_vmap(functools.partial(_knn_trial, k_max=k_max, metric=metric),
@@ -384,10 +402,12 @@ def evaluate(
 
     if KMEANS in methods or LEARNED in methods:
         t0 = time.perf_counter()
+        rank = max(1, min(2, int(splits.seen[0].sum()) - 1))  # factors of the "prior" estimator, as fit_estimator
         sel_all, test_all, grid_all, cents_all = [], [], [], []
         for k in k_grid:
             sel_k, test_k, grid_k, cent_k = [], [], [], []
-            fn = _trial_fn("kmeans", mesh, n_clusters=k, n_init=config.n_init, metric=config.metric)
+            fn = _trial_fn("kmeans", mesh, n_clusters=k, n_init=config.n_init, metric=config.metric,
+                           estimator=config.estimator, rank=rank)
             for chunk in _chunks(T, batch):
                 s, m, g, c = fn(keys[chunk], emb, *common, sp["train"][chunk], sp["val"][chunk], sp["test"][chunk],
                                 sp["seen"][chunk], sp["unseen"][chunk], alpha)
