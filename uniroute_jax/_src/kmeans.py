@@ -388,7 +388,9 @@ def _device_input(x: np.ndarray, w: np.ndarray, tol: float, cosine: bool):
     in float32. The tolerance is scikit-learn's: `tol` times the mean per-feature variance of the
     weighted-in points (unit rows under cosine).
     """
-    to_device = jnp.asarray
+    # `jnp.asarray` stages a second host copy on CPU; `device_put` may alias, or copies once (the
+    # fit never writes to it, and returns nothing that refers to it).
+    to_device = lambda a: jax.device_put(a, may_alias=True)
     scale = 0
     if cosine:
         xd = _unit_rows(to_device(x))
