@@ -1,8 +1,10 @@
 """What every benchmark script shares: inputs generated the same way (same seeds, NumPy only) in
-the JAX process and in the baselines' process, so both sides time the same problem; and the timer."""
+the JAX process and in the baselines' process, so both sides time the same problem; the timer; and
+the environment and BLAS record of the NumPy / scikit-learn baselines."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -10,6 +12,24 @@ from collections.abc import Callable
 import numpy as np
 
 from uniroute_jax._src.persistence import write_atomic
+
+
+# Overrides this machine sets for old OpenBLAS builds; they slow a current NumPy, so the baselines'
+# processes run without them (the library and its JAX side keep the machine's settings).
+BASELINE_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def baseline_env() -> dict[str, str]:
+    """This process's environment without `BASELINE_UNSET`, for a baseline's subprocess."""
+    return {k: v for k, v in os.environ.items() if k not in BASELINE_UNSET}
+
+
+def blas_info() -> list[dict]:
+    """What threadpoolctl sees in this process: library, version, kernel (`architecture`), threads."""
+    from threadpoolctl import threadpool_info
+
+    keep = ("user_api", "internal_api", "version", "architecture", "num_threads")
+    return [{k: d.get(k) for k in keep} for d in threadpool_info()]
 
 
 def write_text(path, text: str) -> None:

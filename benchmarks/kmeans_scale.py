@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_text  # noqa: E402
+from common import baseline_env, blas_info, write_text  # noqa: E402
 
 METHODS = ("uniroute_jax", "uniroute_jax_init_sample", "sklearn_kmeans", "sklearn_minibatch")
 INIT_SAMPLE = 50_000  # points k-means++ seeds on in "uniroute_jax_init_sample"
-BASELINE_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 def make_data(path: Path, n: int, dim: int, n_centers: int, seed: int = 0, block: int = 100_000) -> None:
@@ -98,15 +97,12 @@ def child(method: str, data: str, n: int, k: int, max_iter: int, out: str) -> No
         info.update(n_iter=int(res.n_iter), backend=jax.default_backend())
     else:
         from sklearn.cluster import KMeans, MiniBatchKMeans
-        from threadpoolctl import threadpool_info
-
         if method == "sklearn_kmeans":
             model = KMeans(k, n_init=1, max_iter=max_iter, tol=1e-4, random_state=0, algorithm="lloyd").fit(x)
         else:
             model = MiniBatchKMeans(k, n_init=1, batch_size=4096, random_state=0).fit(x)
         centroids = model.cluster_centers_.astype(np.float32)
-        keep = ("user_api", "internal_api", "version", "architecture", "num_threads")
-        info.update(n_iter=int(model.n_iter_), blas=[{f: d.get(f) for f in keep} for d in threadpool_info()])
+        info.update(n_iter=int(model.n_iter_), blas=blas_info())
     seconds = time.perf_counter() - t0
     np.save(out, centroids)
     peak = peak_rss_mib()
@@ -114,9 +110,7 @@ def child(method: str, data: str, n: int, k: int, max_iter: int, out: str) -> No
 
 
 def run_case(method: str, data: Path, n: int, k: int, max_iter: int, tmp: Path) -> dict:
-    env = dict(os.environ)
-    if method.startswith("sklearn"):
-        env = {key: v for key, v in env.items() if key not in BASELINE_UNSET}
+    env = baseline_env() if method.startswith("sklearn") else dict(os.environ)
     out = tmp / f"{method}_{n}_{k}.npy"
     cmd = [sys.executable, __file__, "--child", method, str(data), str(n), str(k), str(max_iter), str(out)]
     res = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)  # stderr: the fit's progress

@@ -20,15 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import clustered_data, routing_problem, sweep_problem, timed  # noqa: E402
-
-
-def blas_info() -> list[dict]:
-    """What threadpoolctl sees: library, version, kernel (`architecture`) and threads."""
-    from threadpoolctl import threadpool_info
-
-    keep = ("user_api", "internal_api", "version", "architecture", "num_threads")
-    return [{k: d.get(k) for k in keep} for d in threadpool_info()]
+from common import blas_info, clustered_data, routing_problem, sweep_problem, timed  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- k-means

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
 import subprocess
@@ -26,7 +25,7 @@ import numpy as np
 import uniroute_jax as ur
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import clustered_data, routing_problem, sweep_problem, write_text  # noqa: E402
+from common import baseline_env, clustered_data, routing_problem, sweep_problem, write_text  # noqa: E402
 from common import timed as host_timed  # noqa: E402
 
 SIZES = {
@@ -67,15 +66,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-BASELINE_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-
-
 def baseline(case: str, **params) -> tuple[dict, dict]:
     """Runs `numpy_baselines.py CASE` in its own process, without the OpenBLAS overrides.
 
     Returns `(its JSON: timings, BLAS kernel, versions; its saved output arrays)`.
     """
-    env = {k: v for k, v in os.environ.items() if k not in BASELINE_UNSET}
+    env = baseline_env()
     with tempfile.TemporaryDirectory() as tmp:
         save = Path(tmp) / "out.npz"
         res = subprocess.run([sys.executable, str(Path(__file__).parent / "numpy_baselines.py"), case,
