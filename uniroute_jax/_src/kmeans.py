@@ -60,39 +60,34 @@ def _nearest_block(x: jax.Array, x_sq: jax.Array, centroids: jax.Array) -> tuple
     return labels, jnp.maximum(min_d2, 0.0)
 
 
-def _over_blocks(block, n_clusters: int, x, x_sq, weights):
-    """`block(x, x_sq, weights) -> (labels, min_d2, sums, mass)` over consecutive blocks of
-    ASSIGN_BLOCK points, then the remainder, with per-point outputs joined and sums added.
+def _scan_blocks(block, carry, *arrays):
+    """`block(carry, *rows) -> (carry, per_point)` over consecutive blocks of ASSIGN_BLOCK rows of
+    `arrays` (each `[n_points, ...]`), then the remainder.
 
-    The blocks are dynamic slices of `x`, read in place: no padded or reshaped copy of the data.
+    Returns the last carry and the per-point outputs joined along the points (a pytree, or None).
+    The blocks are dynamic slices of the arrays, read in place: no padded or reshaped copy.
     """
-    n, dim = x.shape
+    n = arrays[0].shape[0]
     n_full = n // ASSIGN_BLOCK if n > ASSIGN_BLOCK else 0
     if n_full == 0:
-        return block(x, x_sq, weights)
+        return block(carry, *arrays)
 
-    def body(acc, i):
-        rows = lambda a: jax.lax.dynamic_slice_in_dim(a, i * ASSIGN_BLOCK, ASSIGN_BLOCK)
-        labels, min_d2, sums, mass = block(rows(x), rows(x_sq), rows(weights))
-        return (acc[0] + sums, acc[1] + mass), (labels, min_d2)
+    def body(c, i):
+        return block(c, *(jax.lax.dynamic_slice_in_dim(a, i * ASSIGN_BLOCK, ASSIGN_BLOCK) for a in arrays))
 
-    zeros = (jnp.zeros((n_clusters, dim), x.dtype), jnp.zeros((n_clusters,), x.dtype))
-    (sums, mass), (labels, min_d2) = jax.lax.scan(body, zeros, jnp.arange(n_full))
-    labels, min_d2 = labels.reshape(-1), min_d2.reshape(-1)
+    carry, out = jax.lax.scan(body, carry, jnp.arange(n_full))
+    out = jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), out)
     done = n_full * ASSIGN_BLOCK
     if done < n:
-        t_labels, t_min_d2, t_sums, t_mass = block(x[done:], x_sq[done:], weights[done:])
-        labels, min_d2 = jnp.concatenate([labels, t_labels]), jnp.concatenate([min_d2, t_min_d2])
-        sums, mass = sums + t_sums, mass + t_mass
-    return labels, min_d2, sums, mass
+        carry, tail = block(carry, *(a[done:] for a in arrays))
+        out = jax.tree.map(lambda o, t: jnp.concatenate([o, t]), out, tail)
+    return carry, out
 
 
 def _nearest(x: jax.Array, x_sq: jax.Array, centroids: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Nearest centroid `[n_points]` int32 and its squared distance `[n_points]`, in blocks of points."""
-    no_sums = jnp.zeros((), x.dtype)
-    block = lambda xb, sqb, _: (*_nearest_block(xb, sqb, centroids), no_sums, no_sums)
-    labels, min_d2, _, _ = _over_blocks(block, 1, x, x_sq, x_sq)  # no weights needed: x_sq fills the slot
-    return labels, min_d2
+    block = lambda carry, xb, sqb: (carry, _nearest_block(xb, sqb, centroids))
+    return _scan_blocks(block, (), x, x_sq)[1]
 
 
 def _nearest_and_sums(x, x_sq, weights, centroids):
@@ -100,13 +95,15 @@ def _nearest_and_sums(x, x_sq, weights, centroids):
     weighted sums `[n_clusters, dim]` and masses `[n_clusters]` of the points of each cluster."""
     n_clusters = centroids.shape[0]
 
-    def block(xb, sqb, wb):
+    def block(carry, xb, sqb, wb):
         labels, min_d2 = _nearest_block(xb, sqb, centroids)
         # A scatter-add, not a one-hot matmul: O(block * dim) whatever K, and no [n, K] matrix.
-        sums = jax.ops.segment_sum(xb * wb[:, None], labels, n_clusters)
-        return labels, min_d2, sums, jax.ops.segment_sum(wb, labels, n_clusters)
+        sums = carry[0] + jax.ops.segment_sum(xb * wb[:, None], labels, n_clusters)
+        return (sums, carry[1] + jax.ops.segment_sum(wb, labels, n_clusters)), (labels, min_d2)
 
-    return _over_blocks(block, n_clusters, x, x_sq, weights)
+    zeros = (jnp.zeros((n_clusters, x.shape[1]), x.dtype), jnp.zeros((n_clusters,), x.dtype))
+    (sums, mass), (labels, min_d2) = _scan_blocks(block, zeros, x, x_sq, weights)
+    return labels, min_d2, sums, mass
 
 
 SAMPLE_BLOCK = 1024
@@ -356,18 +353,8 @@ def _unit_rows(x):
 
 def _sum_over_blocks(f, x, valid):
     """`sum_i valid_i * f(x_i)` `[dim]` over the points, block by block (no full-size temporary)."""
-    n = x.shape[0]
-    n_full = n // ASSIGN_BLOCK if n > ASSIGN_BLOCK else 0
-    part = lambda xb, vb: jnp.sum(f(xb) * vb[:, None], axis=0)
-    total = jnp.zeros(x.shape[1], x.dtype)
-    if n_full:
-        def body(acc, i):
-            rows = lambda a: jax.lax.dynamic_slice_in_dim(a, i * ASSIGN_BLOCK, ASSIGN_BLOCK)
-            return acc + part(rows(x), rows(valid)), None
-
-        total = jax.lax.scan(body, total, jnp.arange(n_full))[0]
-    done = n_full * ASSIGN_BLOCK
-    return total + part(x[done:], valid[done:]) if done < n else total
+    block = lambda total, xb, vb: (total + jnp.sum(f(xb) * vb[:, None], axis=0), None)
+    return _scan_blocks(block, jnp.zeros(x.shape[1], x.dtype), x, valid)[0]
 
 
 @jax.jit
