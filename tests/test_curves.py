@@ -181,6 +181,25 @@ def test_events_sized_by_the_longest_envelope():
         np.testing.assert_allclose(_valid_points(checked, p), _valid_points(full, p), rtol=1e-6, atol=1e-7)
 
 
+def test_envelope_steps_under_jit_vmap_and_pool_chunks():
+    # Independent count per pool (as above); the kernel's maximum over pools, whether the pools run
+    # in one vmap or in padded chunks (6 pools in chunks of 4: two pad with the first pool), under jit
+    # and vmapped over instances.
+    instances = [_random_instance(seed, n_units=12, max_models=10, n_pools=6) for seed in (4, 5)]
+    per_pool = [[max(len(reference_curve(est[u:u + 1], units.weight[u:u + 1], units.quality_sums[u:u + 1],
+                                         units.cost_sums[u:u + 1], costs, masks[p])) - 1 for u in range(12))
+                 for p in range(6)] for est, units, costs, masks in instances]
+    steps = jax.jit(curves.envelope_steps_kernel, static_argnames="pool_batch")
+    for (est, _, costs, masks), counts in zip(instances, per_pool):
+        args = (jnp.asarray(est), jnp.asarray(costs), jnp.asarray(masks))
+        assert int(steps(*args)) == int(steps(*args, pool_batch=4)) == max(counts)
+        for p in range(6):  # one pool alone: its own count, not the padding pool's
+            assert int(steps(args[0], args[1], args[2][p:p + 1], pool_batch=4)) == counts[p]
+    stacked = [jnp.stack([jnp.asarray(inst[i]) for inst in instances]) for i in (0, 2, 3)]
+    got = jax.vmap(curves.envelope_steps_kernel)(*stacked)
+    assert got.tolist() == [max(c) for c in per_pool]
+
+
 def test_exact_curve_is_the_limit_of_dense_grids():
     est, units, costs, masks = _random_instance(0)
     exact = exact_curve(est, units, costs, pool_masks=masks)
