@@ -7,6 +7,7 @@ against sentence-transformers needs the real all-MiniLM-L6-v2 weights and is ski
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -147,6 +148,21 @@ def test_forward_matches_numpy_reference(tmp_path, prefix):
     assert got.dtype == np.float32 and got.shape == (4, TINY["hidden"])
 
 
+def test_layers_run_in_sub_batches_of_sequences(tmp_path, monkeypatch):
+    # 16 tokens a sub-batch: with max_length 16 every sequence is its own sub-batch of the layer
+    # loop (a batch of 8 runs as 8 of them); the vectors are still the reference's.
+    monkeypatch.setattr(emb, "SUB_BATCH_TOKENS", 16)
+    monkeypatch.setattr(emb, "_jitted_forward", functools.lru_cache(maxsize=None)(emb._jitted_forward.__wrapped__))
+    folder = _write_tiny_model(tmp_path / "m")
+    embedder = emb.TextEmbedder(folder, max_length=16, cache=False, progress=False, batch_size=8)
+    texts = ["the cat sat on the mat.", "a dog ran?", "", "question: x answer", "the mat", "a cat ran on",
+             "dog", "the the the"]
+    got = embedder(texts)
+    weights = _tiny_weights(len(SPECIAL) + len(WORDS))
+    for text, ids, vec in zip(texts, embedder.tokenize(texts), got):
+        np.testing.assert_allclose(vec, _numpy_reference(weights, ids), atol=2e-5, err_msg=text)
+
+
 def test_padding_and_batching_do_not_change_vectors(tiny):
     short = "the cat sat."
     long_ = " ".join(["the dog ran on a mat ,"] * 4)  # pushes the batch into a longer bucket
@@ -231,8 +247,8 @@ def test_truncation_modes_give_different_vectors_for_shared_prefix(tiny_dir):
 
 
 def test_length_buckets():
-    assert [emb._bucket(n, 256) for n in (2, 32, 33, 100, 256)] == [32, 32, 64, 128, 256]
-    assert emb._bucket(300, 512) == 512 and emb._bucket(40, 48) == 48
+    assert [emb._bucket(n, 256) for n in (2, 17, 32, 33, 100, 200, 256)] == [16, 24, 32, 48, 128, 256, 256]
+    assert emb._bucket(300, 512) == 384 and emb._bucket(40, 40) == 40 and emb._bucket(600, 512) == 512
     assert [emb._batch_bucket(n, 64) for n in (1, 3, 8, 33, 64)] == [1, 4, 8, 64, 64]
 
 
