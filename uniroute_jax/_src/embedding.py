@@ -50,8 +50,8 @@ DEFAULT_HEAD_TOKENS = 32
 
 # Sequence lengths (tokens, CLS/SEP included) that batches are padded up to, so a run compiles
 # the forward pass at most once per bucket rather than once per distinct prompt length. Steps of
-# 1.33-1.5x: a batch computes at most half again its longest prompt's tokens.
-LENGTH_BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+# 1.2-1.33x: a batch computes at most a third more tokens than its longest prompt has.
+LENGTH_BUCKETS = (16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
 
 
 # ------------------------------------------------------------------------------------------------
