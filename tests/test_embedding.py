@@ -148,10 +148,13 @@ def test_forward_matches_numpy_reference(tmp_path, prefix):
     assert got.dtype == np.float32 and got.shape == (4, TINY["hidden"])
 
 
-def test_layers_run_in_sub_batches_of_sequences(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_layers_run_in_sub_batches_of_sequences(tmp_path, monkeypatch, backend):
     # 16 tokens a sub-batch: with max_length 16 every sequence is its own sub-batch of the layer
-    # loop (a batch of 8 runs as 8 of them); the vectors are still the reference's.
+    # loop on a CPU (a batch of 8 runs as 8 of them), the whole batch at once on an accelerator;
+    # the vectors are the reference's either way.
     monkeypatch.setattr(emb, "SUB_BATCH_TOKENS", 16)
+    monkeypatch.setattr(emb.jax, "default_backend", lambda: backend)
     monkeypatch.setattr(emb, "_jitted_forward", functools.lru_cache(maxsize=None)(emb._jitted_forward.__wrapped__))
     folder = _write_tiny_model(tmp_path / "m")
     embedder = emb.TextEmbedder(folder, max_length=16, cache=False, progress=False, batch_size=8)

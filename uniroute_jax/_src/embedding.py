@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import glob
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
@@ -320,11 +320,13 @@ def bert_embed(params: dict, input_ids: jax.Array, attention_mask: jax.Array, *,
     # Additive mask as in the reference implementation: padded keys get the most negative float.
     key_bias = (1.0 - mask)[:, None, None, :] * jnp.finfo(jnp.float32).min
 
-    # Each layer runs over sub-batches of about SUB_BATCH_TOKENS tokens: a sub-batch's activations
-    # (the [tokens, 4 * hidden] FFN input above all) stay in cache between the layer's matmuls,
-    # where the whole batch's would go to memory and back.
-    sub = max(1, min(batch, SUB_BATCH_TOKENS // seq_len))
-    sub = math.gcd(batch, 1 << (sub.bit_length() - 1))
+    # On a CPU each layer runs over sub-batches of about SUB_BATCH_TOKENS tokens: a sub-batch's
+    # activations (the [tokens, 4 * hidden] FFN input above all) stay in cache between the layer's
+    # matmuls, where the whole batch's would go to memory and back. Accelerators take it whole.
+    sub = batch
+    if jax.default_backend() == "cpu":
+        sub = max(1, min(batch, SUB_BATCH_TOKENS // seq_len))
+        sub = math.gcd(batch, 1 << (sub.bit_length() - 1))
 
     def split_heads(t: jax.Array) -> jax.Array:
         # Heads before positions: both attention products are then plain batched matmuls over
