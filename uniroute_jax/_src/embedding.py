@@ -49,9 +49,9 @@ DEFAULT_TRUNCATION = "head_tail"
 DEFAULT_HEAD_TOKENS = 32
 
 # Sequence lengths (tokens, CLS/SEP included) that batches are padded up to, so a run compiles
-# the forward pass at most once per bucket rather than once per distinct prompt length. Steps of
-# 1.2-1.33x: a batch computes at most a third more tokens than its longest prompt has.
-LENGTH_BUCKETS = (16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512)
+# the forward pass at most once per bucket rather than once per distinct prompt length. Every 8
+# tokens up to 128 (where most prompts are: a batch pads at most 7 tokens), then steps of 1.14-1.25x.
+LENGTH_BUCKETS = (*range(16, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)
 
 
 # ------------------------------------------------------------------------------------------------
