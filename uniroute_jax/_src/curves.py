@@ -493,8 +493,8 @@ def exact_curve(
     Returns:
       `ExactCurve` with `[n_pools, n_points]` arrays, `n_points = n_units * max_steps + 1` where
       `max_steps <= max_models - 1` bounds every unit's number of switches (the longest envelope,
-      rounded up to a power of two), points sorted by `lam_start`; point `j` is the router's outcome for every `lam` in
-      `[lam_start[j], lam_start[j + 1])`. Only `valid` points are operating points. float64 when
+      rounded up to a power of two), points sorted by `lam_start`; point `j` is the router's
+      outcome for every `lam` in `[lam_start[j], lam_start[j + 1])`. Only `valid` points are operating points. float64 when
       x64 is enabled, float32 otherwise.
 
     Raises:

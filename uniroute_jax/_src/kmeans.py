@@ -383,8 +383,9 @@ def _device_input(x: np.ndarray, w: np.ndarray, tol: float, cosine: bool):
         xd = _unit_rows(to_device(x))
     else:
         valid = w > 0
-        peak = max(float(np.max(np.abs(x[i:i + 16384][valid[i:i + 16384]]), initial=0.0))
-                   for i in range(0, x.shape[0], 16384))  # in chunks: no full-size temporary
+        rows = lambda a, i: a[i:i + ASSIGN_BLOCK]  # in blocks: no full-size temporary
+        peak = max(float(np.max(np.abs(rows(x, i)[rows(valid, i)]), initial=0.0))
+                   for i in range(0, x.shape[0], ASSIGN_BLOCK))
         if peak > 2.0**40 or 0 < peak < 2.0**-40:
             _, scale = np.frexp(peak)
         xd = to_device(np.ldexp(x, -scale).astype(np.float32) if scale else x)

@@ -290,8 +290,9 @@ def sharded_exact_curve(
       mesh: a 1-D `jax.sharding.Mesh` (default: `pool_mesh()`, every device).
 
     Returns:
-      `ExactCurve` with `[n_pools, n_points]` arrays, equal to `exact_curve` on the same inputs (float64 when x64 is enabled). Split over the mesh when `n_pools` is a
-      multiple of the device count, else replicated on every device.
+      `ExactCurve` with `[n_pools, n_points]` arrays, equal to `exact_curve` on the same inputs
+      (float64 when x64 is enabled). Split over the mesh when `n_pools` is a multiple of the
+      device count, else replicated on every device.
 
     Raises:
       ValueError / TypeError naming the argument.
