@@ -8,8 +8,10 @@ unseen, K chosen per trial with the training LLMs), except that each unseen LLM 
 selection strategy (random, stratified, informative; the same prompts for every unseen LLM of a
 trial) and the unseen LLMs' error vectors by each estimator (mean, shrinkage, hierarchical, prior),
 fitted on the training LLMs' validation counts (the prior's low-rank factors also on their
-training-prompt labels, which the protocol gives the supervised routers). ZeroRouter and K-NN get the same labels. Scores are
-test Areas over the unseen LLMs; K, K-NN's k and the training LLMs' labels are as in `evaluate`.
+training-prompt labels, which the protocol gives the supervised routers). Each estimator has its own
+K per trial, the one `evaluate(estimator=...)` picks; the prompts are chosen on the default
+estimator's clusters, and every estimator, ZeroRouter and K-NN get the same labels. Scores are test
+Areas over the unseen LLMs; K-NN's k and the training LLMs' labels are as in `evaluate`.
 
 Writes under `--out` (default benchmarks/results/label_efficiency/): `<dataset>.md` (tables),
 `<dataset>.png` (Area against labels, one line per estimator, bands of one standard error over
@@ -38,7 +40,7 @@ from uniroute_jax._src.estimators import default_n_groups, estimate_kernel, fit_
 from uniroute_jax._src.kmeans import assign_kernel
 from uniroute_jax._src.selection import STRATEGIES, selection_kernel
 from uniroute_jax._src.persistence import write_atomic
-from uniroute_jax._src.sharding import trial_mesh
+from uniroute_jax._src.sharding import trial_mesh, trial_vmap
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_text  # noqa: E402
@@ -164,7 +166,7 @@ def _dataset(name: str):
     return ds.with_embeddings(TextEmbedder()(list(ds.texts)))
 
 
-def run(name: str, trials: int) -> dict:
+def run(name: str, trials: int, default: str) -> dict:
     t0 = time.perf_counter()
     ds = _dataset(name)
     t_load = time.perf_counter() - t0
@@ -189,25 +191,34 @@ def run(name: str, trials: int) -> dict:
     _log(f"{name}: {trials} trials, {n_tr}/{n_va}/{splits.test.shape[1]} prompts, {int(splits.unseen[0].sum())} "
          f"unseen of {ds.n_models} LLMs, budgets {budgets.tolist()}")
 
-    # K and K-NN's k exactly as `evaluate` chooses them (same keys, splits and kernels).
+    # K per estimator exactly as `evaluate(estimator=...)` chooses it (same keys, splits, kernels and
+    # centroids: the k-means key does not depend on the estimator), and K-NN's k as `evaluate` does.
     t1 = time.perf_counter()
+    rank = max(1, min(2, int(splits.seen[0].sum()) - 1))
+    scores_at = lambda k: trial_vmap(functools.partial(ev._selection_scores, n_clusters=k, estimators=ESTIMATORS,
+                                                       metric=cfg.metric, rank=rank),
+                                     in_axes=(0, 0, None, None, None, None, None, 0, 0, 0, None), mesh=mesh)
     sel, cents, full_area = [], [], []
     for k in k_grid:
         fn = ev._trial_fn("kmeans", mesh, n_clusters=k, n_init=cfg.n_init, metric=cfg.metric)
+        scores = scores_at(k)
         s_k, c_k, a_k = [], [], []
         for chunk in ev._chunks(trials, batch):
             s, m, _, c = fn(keys[chunk], emb, *common, sp["train"][chunk], sp["val"][chunk], sp["test"][chunk],
                             sp["seen"][chunk], sp["unseen"][chunk], alpha)
-            s_k.append(np.asarray(s))
+            s_e = scores(keys[chunk], c, emb, *common, sp["train"][chunk], sp["val"][chunk], sp["seen"][chunk], alpha)
+            np.testing.assert_allclose(np.asarray(s_e)[:, ESTIMATORS.index("shrinkage")], np.asarray(s), atol=1e-6)
+            s_k.append(np.asarray(s_e))
             c_k.append(np.asarray(c))
             a_k.append(np.asarray(m.area))
-        sel.append(np.concatenate(s_k))
+        sel.append(np.concatenate(s_k))  # [trials, n_estimators]
         cents.append(np.concatenate(c_k))
         full_area.append(np.concatenate(a_k))
         _log(f"{name}: k-means K={k} ({time.perf_counter() - t1:.0f}s)")
-    best = np.argmax(np.stack(sel), 0)
+    best = np.argmax(np.stack(sel), 0)  # [trials, n_estimators]
     chosen_k = np.asarray(k_grid)[best]
-    kmeans_area = np.stack(full_area)[best, np.arange(trials)]  # `evaluate`'s UniRoute (K-Means) Area
+    best_shrink = best[:, ESTIMATORS.index("shrinkage")]
+    kmeans_area = np.stack(full_area)[best_shrink, np.arange(trials)]  # `evaluate`'s UniRoute (K-Means) Area
     fn = ev._trial_fn("knn", mesh, k_max=max(ks), metric=cfg.metric)
     chosen_knn, knn_full = [], []
     for chunk in ev._chunks(trials, batch):
@@ -218,23 +229,33 @@ def run(name: str, trials: int) -> dict:
     chosen_knn, knn_full = np.concatenate(chosen_knn), np.concatenate(knn_full)
     t_choose = time.perf_counter() - t1
 
-    # Every strategy x budget x estimator on every trial.
+    # Every strategy x budget x estimator on every trial. The prompts to label are chosen on the
+    # default estimator's clusters (the router a user would deploy), and every estimator and
+    # baseline gets those labels; each estimator is then scored with its own K.
     t2 = time.perf_counter()
     areas = np.zeros((trials, len(STRATEGIES), len(budgets), len(COLUMNS)), np.float32)
     n_sb = len(STRATEGIES) * len(budgets)
     jb = jnp.asarray(budgets)
+    d = ESTIMATORS.index(default)
     for t in range(trials):
-        K = int(chosen_k[t])
-        c = jnp.asarray(cents[best[t]][t])
-        params, masks = _prepare(jax.random.fold_in(keys[t], 1), c, emb, quality, label_mask, costs, sp["train"][t],
-                                 sp["val"][t], sp["seen"][t], jb, n_clusters=K, n_groups=default_n_groups(K),
-                                 n_max=int(budgets.max()), use_train=True)
-        flat = masks.reshape(n_sb, -1)
-        a = _score_clusters_all(params, flat, c, emb, *common, sp["val"][t], sp["test"][t], sp["unseen"][t],
-                                n_clusters=K)
-        nb = _neighbours(emb, sp["val"][t], sp["test"][t], k_max=max(ks))
-        knn = _score_knn_all(nb, chosen_knn[t], flat, *common, sp["val"][t], sp["test"][t], sp["unseen"][t])
-        areas[t] = np.concatenate([np.asarray(a), np.asarray(knn)[:, None]], 1).reshape(len(STRATEGIES), len(budgets), -1)
+        order = [best[t, d]] + sorted(set(best[t].tolist()) - {best[t, d]})
+        for i in order:
+            K, c = k_grid[i], jnp.asarray(cents[i][t])
+            params, masks = _prepare(jax.random.fold_in(keys[t], 1), c, emb, quality, label_mask, costs,
+                                     sp["train"][t], sp["val"][t], sp["seen"][t], jb, n_clusters=K,
+                                     n_groups=default_n_groups(K), n_max=int(budgets.max()), use_train=True)
+            if i == best[t, d]:
+                flat = masks.reshape(n_sb, -1)
+                nb = _neighbours(emb, sp["val"][t], sp["test"][t], k_max=max(ks))
+                knn = _score_knn_all(nb, chosen_knn[t], flat, *common, sp["val"][t], sp["test"][t], sp["unseen"][t])
+                areas[t, ..., -1] = np.asarray(knn).reshape(len(STRATEGIES), len(budgets))
+            a = np.asarray(_score_clusters_all(params, flat, c, emb, *common, sp["val"][t], sp["test"][t],
+                                               sp["unseen"][t], n_clusters=K)).reshape(len(STRATEGIES), len(budgets), -1)
+            if i == best[t, d]:
+                areas[t, ..., len(ESTIMATORS)] = a[..., -1]  # ZeroRouter
+            for e in range(len(ESTIMATORS)):
+                if best[t, e] == i:
+                    areas[t, ..., e] = a[..., e]
         if (t + 1) % max(1, trials // 10) == 0:
             _log(f"{name}: {t + 1}/{trials} trials ({time.perf_counter() - t2:.0f}s)")
     t_study = time.perf_counter() - t2
@@ -288,6 +309,10 @@ def summarise(r: dict, default: str) -> dict:
     return out
 
 
+def _tally(values: np.ndarray) -> dict:
+    return dict(zip(*[a.tolist() for a in np.unique(values, return_counts=True)]))
+
+
 def _fmt_pair(p) -> str:
     d, se, w, l = p
     return f"{d:+.4f} ± {se:.4f} ({w}/{l})"
@@ -302,9 +327,10 @@ def write_markdown(r: dict, s: dict, out: Path, command: str, default: str) -> P
              f"({r['n_val']} validation prompts per trial). Each unseen LLM is labelled on n of the validation "
              "prompts, the same n prompts for every unseen LLM of a trial, chosen by the strategy; the training "
              "LLMs keep all their validation labels and the estimators are fitted on them. ZeroRouter and K-NN use "
-             "the same labels. K and K-NN's k are chosen per trial as `evaluate` does "
-             f"(K: {dict(zip(*[a.tolist() for a in np.unique(r['chosen_k'], return_counts=True)]))}; "
-             f"k: {dict(zip(*[a.tolist() for a in np.unique(r['chosen_knn'], return_counts=True)]))}).", "",
+             "the same labels, chosen on the default estimator's clusters. Each estimator's K is chosen per trial as "
+             "`evaluate(estimator=...)` chooses it, and K-NN's k as `evaluate` does (K: "
+             + "; ".join(f"{e} {_tally(r['chosen_k'][:, i])}" for i, e in enumerate(ESTIMATORS))
+             + f"; k: {_tally(r['chosen_knn'])}).", "",
              f"Check against `evaluate` (all labels): UniRoute (K-Means) Area {s['kmeans_area_evaluate']:.4f} there, "
              f"shrinkage with all labels here {A[:, 0, -1, COLUMNS.index('shrinkage')].mean():.4f}; K-NN "
              f"{s['knn_area_evaluate']:.4f} there, {A[:, 0, -1, COLUMNS.index('K-NN')].mean():.4f} here.", "",
@@ -396,7 +422,7 @@ def main(argv=None) -> int:
     try:
         for name in args.datasets.split(","):
             trials = min(args.trials, args.trials_routerdc) if name == "routerdc_7llm" else args.trials
-            r = run(name, trials)
+            r = run(name, trials, args.default)
             s = summarise(r, args.default)
             write_markdown(r, s, out, command, args.default)
             plot(r, out)

@@ -298,6 +298,37 @@ def test_selection_never_sees_test_labels_through_the_fill_of_missing_labels():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+def test_selection_scores_from_given_centroids_are_evaluates_per_estimator():
+    # The label-efficiency study picks each estimator's K from `_selection_scores` on the centroids
+    # of the paper's k-means run; that must be the score `evaluate(estimator=...)` picks K by.
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(5)
+    n, m = 120, 5
+    emb = rng.normal(size=(n, DIM)).astype(np.float32)
+    # Each LLM good on its own half-space: error vectors differ by cluster, and the 20 validation
+    # prompts leave some clusters with a label or two, where the estimators part ways.
+    quality = (rng.random((n, m)) < np.where(emb[:, :m] > 0, 0.9, 0.2)).astype(np.float32)
+    mask = rng.random((n, m)) < 0.9
+    ds = RoutingDataset("sel", np.arange(n).astype(str), quality, mask, np.ones(m, np.float32), tuple("abcde"),
+                        embeddings=emb)
+    train, val, test = np.arange(0, 70), np.arange(70, 90), np.arange(90, n)
+    seen = np.array([True, True, True, False, False])
+    args = (jax.random.key(7), jnp.asarray(emb), jnp.asarray(ev._filled_quality(ds)), jnp.asarray(mask),
+            jnp.ones((n, m), jnp.float32), jnp.linspace(0.2, 1.0, m))
+    estimators = ("mean", "shrinkage", "hierarchical", "prior")
+    got = None
+    for i, estimator in enumerate(estimators):
+        sel, _, _, centroids = ev._kmeans_trial(*args, train, val, test, seen, ~seen, jnp.float32(1.0), n_clusters=4,
+                                                n_init=1, metric="cosine", estimator=estimator, rank=2)
+        if got is None:
+            got = np.asarray(ev._selection_scores(args[0], centroids, *args[1:], train, val, seen, jnp.float32(1.0),
+                                                  n_clusters=4, estimators=estimators, metric="cosine", rank=2))
+        assert got[i] == pytest.approx(float(sel), abs=1e-6), estimator
+    assert np.ptp(got) > 1e-4  # the estimators do score these centroids differently
+
+
 # ------------------------------------------------------------------------ the estimator option
 
 

@@ -205,6 +205,48 @@ def _metrics_of(estimates, units: RoutingUnits, costs, pool, model_cost, model_q
     return m, metrics.interpolate_curve(cost, quality, valid, at)
 
 
+def _cluster_estimates(key, centroids, lab_tr, lab_va, quality_val, mask_val, seen, alpha, *, n_clusters: int,
+                       estimators: tuple[str, ...], rank: int):
+    """`[K, n_models]` error estimates of every LLM under each estimator, from validation labels.
+
+    "shrinkage" and "mean" (alpha = 0) are the pseudo-count rule; "hierarchical" and "prior" are
+    fitted on the training LLMs' validation labels only (an unseen LLM's row is estimated from its
+    own labels, never fitted on), with `fold_in(key, 1)` so the k-means key stays the protocol's.
+    """
+    ev = error_vectors_kernel(lab_va, quality_val, mask_val, 0.0, n_clusters=n_clusters)
+    out = {"mean": ev.psi.T}
+    if "shrinkage" in estimators:
+        out["shrinkage"] = error_vectors_kernel(lab_va, quality_val, mask_val, alpha, n_clusters=n_clusters).psi.T
+    if any(name in ("hierarchical", "prior") for name in estimators):
+        masses = jnp.bincount(lab_tr, length=n_clusters).astype(centroids.dtype) / lab_tr.shape[0]
+        params = fit_kernel(jax.random.fold_in(key, 1), ev.counts, ev.error_sums, seen, centroids, masses, alpha,
+                            n_groups=default_n_groups(n_clusters), rank=rank)
+        for name in estimators:
+            if name in ("hierarchical", "prior"):
+                out[name] = estimate_kernel(params, ev.counts, ev.error_sums, method=name).psi.T
+    return [out[name] for name in estimators]
+
+
+def _selection_area(est, lab_tr, quality_train, mask_train, prompt_costs_train, costs, seen, *, n_clusters: int):
+    """Selection score of a cluster router: the training LLMs, Psi from validation, scored on the
+    training prompts."""
+    units = _cluster_units(lab_tr, _own_fill(quality_train, mask_train), prompt_costs_train, n_clusters)
+    return _area_of(est, units, costs, seen, prompt_costs_train.mean(0))
+
+
+@functools.partial(jax.jit, static_argnames=("n_clusters", "estimators", "metric", "rank"))
+def _selection_scores(key, centroids, emb, quality, label_mask, prompt_costs, costs, train, val, seen, alpha, *,
+                     n_clusters: int, estimators: tuple[str, ...], metric: str, rank: int = 2):
+    """`[n_estimators]` selection scores of one trial's k-means centroids under each estimator: what
+    picks K when `evaluate` runs with that estimator."""
+    lab_tr = assign_kernel(emb[train], centroids, metric=metric)
+    lab_va = assign_kernel(emb[val], centroids, metric=metric)
+    ests = _cluster_estimates(key, centroids, lab_tr, lab_va, quality[val], label_mask[val], seen, alpha,
+                              n_clusters=n_clusters, estimators=estimators, rank=rank)
+    return jnp.stack([_selection_area(e, lab_tr, quality[train], label_mask[train], prompt_costs[train], costs, seen,
+                                      n_clusters=n_clusters) for e in ests])
+
+
 @functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "metric", "estimator", "rank"))
 def _kmeans_trial(key, emb, quality, label_mask, prompt_costs, costs, train, val, test, seen, unseen, alpha, *,
                   n_clusters: int, n_init: int, metric: str, estimator: str = "shrinkage", rank: int = 2):
@@ -217,19 +259,10 @@ def _kmeans_trial(key, emb, quality, label_mask, prompt_costs, costs, train, val
     # Cosine assignment is an argmax of dot products with unit centroids: rows need no normalising.
     assign = lambda idx: assign_kernel(emb[idx], km.centroids, metric=metric)
     lab_tr, lab_va, lab_te = assign(train), assign(val), assign(test)
-    ev = error_vectors_kernel(lab_va, quality[val], label_mask[val], alpha if estimator == "shrinkage" else 0.0,
-                              n_clusters=n_clusters)
-    est = ev.psi.T  # [K, n_models]: "shrinkage" and "mean" (alpha = 0) are the pseudo-count rule
-    if estimator in ("hierarchical", "prior"):
-        # References: the training LLMs' validation labels only (an unseen LLM's row is estimated from
-        # its own labels, never fitted on); the k-means key stays that of the paper's protocol.
-        masses = jnp.bincount(lab_tr, length=n_clusters).astype(x.dtype) / lab_tr.shape[0]
-        params = fit_kernel(jax.random.fold_in(key, 1), ev.counts, ev.error_sums, seen, km.centroids, masses, alpha,
-                            n_groups=default_n_groups(n_clusters), rank=rank)
-        est = estimate_kernel(params, ev.counts, ev.error_sums, method=estimator).psi.T
-    # Selection: training LLMs, Psi from validation, scored on the training prompts.
-    sel_units = _cluster_units(lab_tr, _own_fill(quality[train], label_mask[train]), prompt_costs[train], n_clusters)
-    sel_area = _area_of(est, sel_units, costs, seen, prompt_costs[train].mean(0))
+    (est,) = _cluster_estimates(key, km.centroids, lab_tr, lab_va, quality[val], label_mask[val], seen, alpha,
+                                n_clusters=n_clusters, estimators=(estimator,), rank=rank)
+    sel_area = _selection_area(est, lab_tr, quality[train], label_mask[train], prompt_costs[train], costs, seen,
+                               n_clusters=n_clusters)
     te_units = _cluster_units(lab_te, quality[test], prompt_costs[test], n_clusters)
     model_cost, model_quality = prompt_costs[test].mean(0), quality[test].mean(0)
     test_m, grid = _metrics_of(est, te_units, costs, unseen, model_cost, model_quality, with_grid=True)
