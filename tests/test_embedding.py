@@ -250,8 +250,8 @@ def test_truncation_modes_give_different_vectors_for_shared_prefix(tiny_dir):
 
 
 def test_length_buckets():
-    assert [emb._bucket(n, 256) for n in (2, 17, 32, 33, 73, 100, 129, 200, 256)] == [16, 24, 32, 40, 80, 104, 160,
-                                                                                     224, 256]
+    assert [emb._bucket(n, 256) for n in (2, 17, 32, 33, 61, 73, 100, 129, 200, 256)] == [8, 18, 32, 36, 64, 80, 104,
+                                                                                         160, 224, 256]
     assert emb._bucket(300, 512) == 320 and emb._bucket(40, 40) == 40 and emb._bucket(600, 512) == 512
     assert [emb._batch_bucket(n, 64) for n in (1, 3, 8, 33, 64)] == [1, 4, 8, 64, 64]
 

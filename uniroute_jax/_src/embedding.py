@@ -49,9 +49,10 @@ DEFAULT_TRUNCATION = "head_tail"
 DEFAULT_HEAD_TOKENS = 32
 
 # Sequence lengths (tokens, CLS/SEP included) that batches are padded up to, so a run compiles
-# the forward pass at most once per bucket rather than once per distinct prompt length. Every 8
-# tokens up to 128 (where most prompts are: a batch pads at most 7 tokens), then steps of 1.14-1.25x.
-LENGTH_BUCKETS = (*range(16, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)
+# the forward pass at most once per bucket (about 1 s of compile each on a CPU) rather than once
+# per distinct prompt length. Where most prompts are, a batch pads little: at most 1 token up to 32,
+# 3 up to 64, 7 up to 128; then steps of 1.14-1.25x.
+LENGTH_BUCKETS = (*range(8, 32, 2), *range(32, 64, 4), *range(64, 129, 8), 160, 192, 224, 256, 320, 384, 448, 512)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,9 +336,13 @@ def bert_embed(params: dict, input_ids: jax.Array, attention_mask: jax.Array, *,
 
     def sub_block(p: dict, h: jax.Array, bias: jax.Array) -> jax.Array:
         q, k, v = (split_heads(_dense(h, p[name])) for name in ("query", "key", "value"))
-        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=_HIGHEST) / np.sqrt(head_dim)
-        weights = jax.nn.softmax(scores + bias, axis=-1)
-        ctx = jnp.einsum("bhqk,bhkd->bhqd", weights, v, precision=_HIGHEST).transpose(0, 2, 1, 3)
+        # Softmax with its division moved after the context product: the [seq_len, seq_len]
+        # weights are written and read once fewer times, the division runs on [seq_len, head_dim]
+        # (about 16% of a 256-token forward on a CPU), and the scale goes on q for the same reason.
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q / np.sqrt(head_dim), k, precision=_HIGHEST) + bias
+        weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+        ctx = jnp.einsum("bhqk,bhkd->bhqd", weights, v, precision=_HIGHEST) / jnp.sum(weights, -1, keepdims=True)
+        ctx = ctx.transpose(0, 2, 1, 3)
         h = _layer_norm(_dense(ctx.reshape(sub, seq_len, hidden), p["attn_out"]) + h, p["attn_norm"], eps)
         ffn = _dense(jax.nn.gelu(_dense(h, p["ffn_in"]), approximate=False), p["ffn_out"])
         return _layer_norm(ffn + h, p["ffn_norm"], eps)
