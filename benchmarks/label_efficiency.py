@@ -67,11 +67,11 @@ def _counts(labels, errors, mask, n_clusters):
     return (onehot.T @ m).T, (onehot.T @ (errors * m)).T
 
 
-@functools.partial(jax.jit, static_argnames=("n_clusters", "n_groups", "n_max", "use_train"))
+@functools.partial(jax.jit, static_argnames=("n_clusters", "n_groups", "n_max", "use_train", "select"))
 def _prepare(key, centroids, emb, quality, label_mask, costs, train, val, seen, budgets, *, n_clusters, n_groups,
-             n_max, use_train=False):
-    """Cluster labels, the estimators fitted on the training LLMs and the selections of every
-    strategy x budget, `[n_strategies, n_budgets, n_val]`."""
+             n_max, use_train=False, select=True):
+    """Cluster labels, the estimators fitted on the training LLMs and (when `select`) the selections
+    of every strategy x budget, `[n_strategies, n_budgets, n_val]` (else None)."""
     assign = lambda idx: assign_kernel(emb[idx], centroids, metric="cosine")
     lab_tr, lab_va = assign(train), assign(val)
     masses = jnp.bincount(lab_tr, length=n_clusters).astype(jnp.float32) / train.shape[0]
@@ -86,6 +86,8 @@ def _prepare(key, centroids, emb, quality, label_mask, costs, train, val, seen, 
                             n_groups=n_groups)
     else:
         params = fit_kernel(k_fit, counts, sums, seen, centroids, masses, jnp.asarray(1.0), n_groups=n_groups)
+    if not select:
+        return params, None
     # The represented LLMs' error vectors, the decisions a new LLM can flip (informative selection).
     ref_psi = estimate_kernel(params, counts, sums, method="shrinkage").psi
     valid = jnp.ones(val.shape[0], bool)
@@ -238,24 +240,24 @@ def run(name: str, trials: int, default: str) -> dict:
     jb = jnp.asarray(budgets)
     d = ESTIMATORS.index(default)
     for t in range(trials):
-        order = [best[t, d]] + sorted(set(best[t].tolist()) - {best[t, d]})
-        for i in order:
+        home = best[t, d]
+        for i in [home] + sorted(set(best[t].tolist()) - {home}):  # the default's K first: it picks the prompts
             K, c = k_grid[i], jnp.asarray(cents[i][t])
             params, masks = _prepare(jax.random.fold_in(keys[t], 1), c, emb, quality, label_mask, costs,
                                      sp["train"][t], sp["val"][t], sp["seen"][t], jb, n_clusters=K,
-                                     n_groups=default_n_groups(K), n_max=int(budgets.max()), use_train=True)
-            if i == best[t, d]:
+                                     n_groups=default_n_groups(K), n_max=int(budgets.max()), use_train=True,
+                                     select=i == home)
+            if i == home:
                 flat = masks.reshape(n_sb, -1)
+            a = np.asarray(_score_clusters_all(params, flat, c, emb, *common, sp["val"][t], sp["test"][t],
+                                               sp["unseen"][t], n_clusters=K)).reshape(len(STRATEGIES), len(budgets), -1)
+            for e in np.flatnonzero(best[t] == i):
+                areas[t, ..., e] = a[..., e]
+            if i == home:  # the baselines need no K: scored once, on the same labels
+                areas[t, ..., len(ESTIMATORS)] = a[..., -1]  # ZeroRouter
                 nb = _neighbours(emb, sp["val"][t], sp["test"][t], k_max=max(ks))
                 knn = _score_knn_all(nb, chosen_knn[t], flat, *common, sp["val"][t], sp["test"][t], sp["unseen"][t])
                 areas[t, ..., -1] = np.asarray(knn).reshape(len(STRATEGIES), len(budgets))
-            a = np.asarray(_score_clusters_all(params, flat, c, emb, *common, sp["val"][t], sp["test"][t],
-                                               sp["unseen"][t], n_clusters=K)).reshape(len(STRATEGIES), len(budgets), -1)
-            if i == best[t, d]:
-                areas[t, ..., len(ESTIMATORS)] = a[..., -1]  # ZeroRouter
-            for e in range(len(ESTIMATORS)):
-                if best[t, e] == i:
-                    areas[t, ..., e] = a[..., e]
         if (t + 1) % max(1, trials // 10) == 0:
             _log(f"{name}: {t + 1}/{trials} trials ({time.perf_counter() - t2:.0f}s)")
     t_study = time.perf_counter() - t2

@@ -159,16 +159,16 @@ def main(argv=None) -> int:
     ap.add_argument("--trials", type=int, default=20)
     args = ap.parse_args(argv)
     rows = []
-    study = json.loads((OUT / "summary.json").read_text())
+    summary = OUT / "summary.json"  # the label-efficiency study's results, for the measured shares
+    study = json.loads(summary.read_text()) if summary.exists() else {}
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
         rows.append(run(name, args.trials))
         rows[-1].update(kept_share_model(rows[-1]))
-        kept = study.get(name, {}).get("gain_kept", {})
-        at = study.get(name, {}).get("budgets", []).index(50) if 50 in study.get(name, {}).get("budgets", []) else None
-        rows[-1]["share_50_measured"] = (" / ".join(f"{kept[f'prior/{s}'][at]:.2f}" for s in
-                                                    ("random", "stratified", "informative"))
-                                         if at is not None and kept else "-")
+        measured = study.get(name, {})
+        at = measured.get("budgets", []).index(50) if 50 in measured.get("budgets", []) else None
+        rows[-1]["share_50_measured"] = "-" if at is None else " / ".join(
+            f"{measured['gain_kept'][f'prior/{s}'][at]:.2f}" for s in ("random", "stratified", "informative"))
         print(f"{name}: {rows[-1]} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     write_text(OUT / "selection_limits.json", json.dumps(rows, indent=1))
     print(write_markdown(rows, " ".join(["python", "benchmarks/selection_limits.py", *(argv or sys.argv[1:])])))

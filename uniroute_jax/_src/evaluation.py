@@ -227,11 +227,12 @@ def _cluster_estimates(key, centroids, lab_tr, lab_va, quality_val, mask_val, se
     return [out[name] for name in estimators]
 
 
-def _selection_area(est, lab_tr, quality_train, mask_train, prompt_costs_train, costs, seen, *, n_clusters: int):
-    """Selection score of a cluster router: the training LLMs, Psi from validation, scored on the
-    training prompts."""
+def _selection_area_fn(lab_tr, quality_train, mask_train, prompt_costs_train, costs, seen, *, n_clusters: int):
+    """Selection score of a cluster router's estimates `[K, n_models]`: the training LLMs, Psi from
+    validation, scored on the training prompts (their units built once for every estimate)."""
     units = _cluster_units(lab_tr, _own_fill(quality_train, mask_train), prompt_costs_train, n_clusters)
-    return _area_of(est, units, costs, seen, prompt_costs_train.mean(0))
+    model_cost = prompt_costs_train.mean(0)
+    return lambda est: _area_of(est, units, costs, seen, model_cost)
 
 
 @functools.partial(jax.jit, static_argnames=("n_clusters", "estimators", "metric", "rank"))
@@ -243,8 +244,9 @@ def _selection_scores(key, centroids, emb, quality, label_mask, prompt_costs, co
     lab_va = assign_kernel(emb[val], centroids, metric=metric)
     ests = _cluster_estimates(key, centroids, lab_tr, lab_va, quality[val], label_mask[val], seen, alpha,
                               n_clusters=n_clusters, estimators=estimators, rank=rank)
-    return jnp.stack([_selection_area(e, lab_tr, quality[train], label_mask[train], prompt_costs[train], costs, seen,
-                                      n_clusters=n_clusters) for e in ests])
+    area = _selection_area_fn(lab_tr, quality[train], label_mask[train], prompt_costs[train], costs, seen,
+                              n_clusters=n_clusters)
+    return jnp.stack([area(e) for e in ests])
 
 
 @functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "metric", "estimator", "rank"))
@@ -261,8 +263,8 @@ def _kmeans_trial(key, emb, quality, label_mask, prompt_costs, costs, train, val
     lab_tr, lab_va, lab_te = assign(train), assign(val), assign(test)
     (est,) = _cluster_estimates(key, km.centroids, lab_tr, lab_va, quality[val], label_mask[val], seen, alpha,
                                 n_clusters=n_clusters, estimators=(estimator,), rank=rank)
-    sel_area = _selection_area(est, lab_tr, quality[train], label_mask[train], prompt_costs[train], costs, seen,
-                               n_clusters=n_clusters)
+    sel_area = _selection_area_fn(lab_tr, quality[train], label_mask[train], prompt_costs[train], costs, seen,
+                                  n_clusters=n_clusters)(est)
     te_units = _cluster_units(lab_te, quality[test], prompt_costs[test], n_clusters)
     model_cost, model_quality = prompt_costs[test].mean(0), quality[test].mean(0)
     test_m, grid = _metrics_of(est, te_units, costs, unseen, model_cost, model_quality, with_grid=True)
