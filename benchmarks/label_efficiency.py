@@ -28,6 +28,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -168,46 +169,83 @@ def _dataset(name: str):
     return ds.with_embeddings(TextEmbedder()(list(ds.texts)))
 
 
-def run(name: str, trials: int, default: str) -> dict:
-    t0 = time.perf_counter()
+class Setup(NamedTuple):
+    """One dataset under the study's protocol: its splits, arrays and per-trial keys."""
+    ds: object
+    cfg: ev.ProtocolConfig
+    splits: dict  # field of `ev.Splits` -> array [trials, ...]
+    budgets: np.ndarray  # [n_budgets] int32, the last one every validation prompt
+    k_grid: tuple
+    knn_grid: tuple
+    emb: jax.Array
+    common: tuple  # (quality, label_mask, prompt_costs, costs)
+    alpha: jax.Array
+    keys: jax.Array  # [trials]
+    mesh: object
+    batch: int  # trials per vmapped chunk
+
+
+def setup(name: str, trials: int) -> Setup:
     ds = _dataset(name)
-    t_load = time.perf_counter() - t0
     cfg = ev.ProtocolConfig(n_trials=trials, seed=0)
     splits = ev.make_splits(ds.n_prompts, ds.n_models, cfg)
     n_tr, n_va = splits.train.shape[1], splits.val.shape[1]
-    budgets = np.asarray([b for b in BUDGETS if b < n_va] + [n_va], np.int32)
-    k_grid = tuple(k for k in cfg.k_grid if k <= n_tr)
-    ks = tuple(k for k in cfg.knn_grid if k <= n_va)
     emb = jnp.asarray(ds.embeddings, jnp.float32)
-    quality = jnp.asarray(ev._filled_quality(ds))
-    label_mask = jnp.asarray(ds.label_mask)
-    prompt_costs = jnp.asarray(ds.prompt_costs, jnp.float32)
-    costs = jnp.asarray(ds.model_costs, jnp.float32)
-    alpha = jnp.asarray(cfg.alpha, jnp.float32)
-    sp = {f: jnp.asarray(getattr(splits, f)) for f in splits._fields}
-    keys = jax.random.split(jax.random.key(cfg.seed), trials)
-    mesh = trial_mesh()
     batch = max(1, min(trials, 32, (256 << 20) // max(1, 4 * n_tr * emb.shape[1])))
-    batch = -(-trials // -(-trials // batch))
-    common = (quality, label_mask, prompt_costs, costs)
-    _log(f"{name}: {trials} trials, {n_tr}/{n_va}/{splits.test.shape[1]} prompts, {int(splits.unseen[0].sum())} "
+    return Setup(
+        ds=ds, cfg=cfg, splits={f: jnp.asarray(getattr(splits, f)) for f in splits._fields},
+        budgets=np.asarray([b for b in BUDGETS if b < n_va] + [n_va], np.int32),
+        k_grid=tuple(k for k in cfg.k_grid if k <= n_tr), knn_grid=tuple(k for k in cfg.knn_grid if k <= n_va),
+        emb=emb,
+        common=(jnp.asarray(ev._filled_quality(ds)), jnp.asarray(ds.label_mask),
+                jnp.asarray(ds.prompt_costs, jnp.float32), jnp.asarray(ds.model_costs, jnp.float32)),
+        alpha=jnp.asarray(cfg.alpha, jnp.float32), keys=jax.random.split(jax.random.key(cfg.seed), trials),
+        mesh=trial_mesh(), batch=-(-trials // -(-trials // batch)))
+
+
+def kmeans_centroids(su: Setup, n_clusters: int):
+    """`evaluate`'s k-means trial at `n_clusters` over every trial, in the study's chunks: its
+    shrinkage selection score `[trials]`, metrics and centroids `[trials, K, dim]`."""
+    sp, trials = su.splits, su.keys.shape[0]
+    fn = ev._trial_fn("kmeans", su.mesh, n_clusters=n_clusters, n_init=su.cfg.n_init, metric=su.cfg.metric)
+    for chunk in ev._chunks(trials, su.batch):
+        s, m, _, c = fn(su.keys[chunk], su.emb, *su.common, sp["train"][chunk], sp["val"][chunk], sp["test"][chunk],
+                        sp["seen"][chunk], sp["unseen"][chunk], su.alpha)
+        yield chunk, s, m, c
+
+
+def prepare_trial(su: Setup, t: int, centroids: jax.Array, *, select: bool):
+    """`_prepare` for trial `t` on given centroids, as the study calls it."""
+    sp, K = su.splits, centroids.shape[0]
+    quality, label_mask, _, costs = su.common
+    return _prepare(jax.random.fold_in(su.keys[t], 1), centroids, su.emb, quality, label_mask, costs, sp["train"][t],
+                    sp["val"][t], sp["seen"][t], jnp.asarray(su.budgets), n_clusters=K, n_groups=default_n_groups(K),
+                    n_max=int(su.budgets.max()), use_train=True, select=select)
+
+
+def run(name: str, trials: int, default: str) -> dict:
+    t0 = time.perf_counter()
+    su = setup(name, trials)
+    t_load = time.perf_counter() - t0
+    ds, cfg, sp, budgets, k_grid, ks = su.ds, su.cfg, su.splits, su.budgets, su.k_grid, su.knn_grid
+    emb, common, alpha, keys, mesh, batch = su.emb, su.common, su.alpha, su.keys, su.mesh, su.batch
+    quality, label_mask, prompt_costs, costs = common
+    n_tr, n_va = sp["train"].shape[1], sp["val"].shape[1]
+    _log(f"{name}: {trials} trials, {n_tr}/{n_va}/{sp['test'].shape[1]} prompts, {int(sp['unseen'][0].sum())} "
          f"unseen of {ds.n_models} LLMs, budgets {budgets.tolist()}")
 
     # K per estimator exactly as `evaluate(estimator=...)` chooses it (same keys, splits, kernels and
     # centroids: the k-means key does not depend on the estimator), and K-NN's k as `evaluate` does.
     t1 = time.perf_counter()
-    rank = max(1, min(2, int(splits.seen[0].sum()) - 1))
+    rank = max(1, min(2, int(sp["seen"][0].sum()) - 1))
     scores_at = lambda k: trial_vmap(functools.partial(ev._selection_scores, n_clusters=k, estimators=ESTIMATORS,
                                                        metric=cfg.metric, rank=rank),
                                      in_axes=(0, 0, None, None, None, None, None, 0, 0, 0, None), mesh=mesh)
     sel, cents, full_area = [], [], []
     for k in k_grid:
-        fn = ev._trial_fn("kmeans", mesh, n_clusters=k, n_init=cfg.n_init, metric=cfg.metric)
         scores = scores_at(k)
         s_k, c_k, a_k = [], [], []
-        for chunk in ev._chunks(trials, batch):
-            s, m, _, c = fn(keys[chunk], emb, *common, sp["train"][chunk], sp["val"][chunk], sp["test"][chunk],
-                            sp["seen"][chunk], sp["unseen"][chunk], alpha)
+        for chunk, s, m, c in kmeans_centroids(su, k):
             s_e = scores(keys[chunk], c, emb, *common, sp["train"][chunk], sp["val"][chunk], sp["seen"][chunk], alpha)
             np.testing.assert_allclose(np.asarray(s_e)[:, ESTIMATORS.index("shrinkage")], np.asarray(s), atol=1e-6)
             s_k.append(np.asarray(s_e))
@@ -237,16 +275,12 @@ def run(name: str, trials: int, default: str) -> dict:
     t2 = time.perf_counter()
     areas = np.zeros((trials, len(STRATEGIES), len(budgets), len(COLUMNS)), np.float32)
     n_sb = len(STRATEGIES) * len(budgets)
-    jb = jnp.asarray(budgets)
     d = ESTIMATORS.index(default)
     for t in range(trials):
         home = best[t, d]
         for i in [home] + sorted(set(best[t].tolist()) - {home}):  # the default's K first: it picks the prompts
             K, c = k_grid[i], jnp.asarray(cents[i][t])
-            params, masks = _prepare(jax.random.fold_in(keys[t], 1), c, emb, quality, label_mask, costs,
-                                     sp["train"][t], sp["val"][t], sp["seen"][t], jb, n_clusters=K,
-                                     n_groups=default_n_groups(K), n_max=int(budgets.max()), use_train=True,
-                                     select=i == home)
+            params, masks = prepare_trial(su, t, c, select=i == home)
             if i == home:
                 flat = masks.reshape(n_sb, -1)
             a = np.asarray(_score_clusters_all(params, flat, c, emb, *common, sp["val"][t], sp["test"][t],

@@ -13,24 +13,34 @@ both from every label the training LLMs have (training and validation prompts), 
 against the standard error of one cluster's mean from 20 labels placed by mass (stratified) or all
 in that cluster (the most any strategy can give one cluster).
 
-    python benchmarks/selection_limits.py [--datasets ...] [--trials 20]
+Two views of what 50 labels can keep of the all-label gain over ZeroRouter: a Gaussian model of
+the same numbers (`kept_share_model`), and a level oracle replayed on the study's own trials
+(`level_oracle`: the exact per-cluster pattern, the overall error from the n labels).
+
+    python benchmarks/selection_limits.py [--datasets ...] [--trials 20] [--no-oracle]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import label_efficiency as le  # noqa: E402
 from common import write_text  # noqa: E402
 from label_efficiency import _dataset  # noqa: E402
 
 from uniroute_jax._src import evaluation as ev  # noqa: E402
+from uniroute_jax._src.estimators import estimate_kernel  # noqa: E402
+from uniroute_jax._src.kmeans import assign_kernel  # noqa: E402
 from uniroute_jax._src.kmeans import assign_clusters, kmeans  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "label_efficiency"
@@ -114,6 +124,73 @@ def kept_share_model(r: dict) -> dict:
     return {"share_50_model": share_50, "labels_for_80pct_model": float(need)}
 
 
+@functools.partial(jax.jit, static_argnames=("n_clusters",))
+def _level_oracle_areas(params, selections, centroids, emb, quality, label_mask, prompt_costs, costs, val, test,
+                        unseen, *, n_clusters):
+    """Test Area `[n_sel]` of an oracle given labels on `selections [n_sel, n_val]`.
+
+    It knows each unseen LLM's per-cluster errors from all its validation labels (plain means, the
+    reference of the study's share) and takes only the LLM's overall error from the selected
+    labels: each unseen row is shifted by (overall error on the selected prompts - on all).
+    """
+    lab_va = assign_kernel(emb[val], centroids, metric="cosine")
+    lab_te = assign_kernel(emb[test], centroids, metric="cosine")
+    errors = 1.0 - quality[val]
+    counts, sums = le._counts(lab_va, errors, label_mask[val], n_clusters)
+    psi_all = estimate_kernel(params, counts, sums, method="mean").psi  # [n_models, K]
+    level = lambda c, e: e.sum(1) / jnp.maximum(c.sum(1), 1.0)
+    te_units = ev._cluster_units(lab_te, quality[test], prompt_costs[test], n_clusters)
+    model_cost, model_quality = prompt_costs[test].mean(0), quality[test].mean(0)
+
+    def one(selected):
+        c_n, s_n = le._counts(lab_va, errors, label_mask[val] & (selected[:, None] | ~unseen[None, :]), n_clusters)
+        shift = jnp.where(unseen, level(c_n, s_n) - level(counts, sums), 0.0)
+        psi = jnp.clip(psi_all + shift[:, None], 0.0, 1.0)
+        return ev._metrics_of(psi.T, te_units, costs, unseen, model_cost, model_quality).area
+
+    return jax.lax.map(one, selections)
+
+
+def level_oracle(name: str, default: str = "prior", check_trials: int = 3) -> dict:
+    """The study's default estimator beside the level oracle, on the study's trials, K and prompts.
+
+    Reads `<name>.npz` of the label-efficiency study; recomputes each trial's centroids at the
+    default's chosen K and the prompts it selected, and checks on the first `check_trials` trials
+    that the default's Areas come out as the study's.
+    """
+    z = np.load(OUT / f"{name}.npz", allow_pickle=False)
+    A, chosen_k = z["areas"], z["chosen_k"]
+    trials, d = A.shape[0], le.ESTIMATORS.index(default)
+    su = le.setup(name, trials)
+    sp, (quality, label_mask, prompt_costs, costs) = su.splits, su.common
+    oracle = np.zeros(A.shape[:3], np.float32)  # [trials, strategies, budgets]
+    for K in sorted(set(chosen_k[:, d].tolist())):
+        for chunk, _, _, cents in le.kmeans_centroids(su, K):
+            for t, c in zip(range(chunk.start, chunk.stop), cents):
+                if chosen_k[t, d] != K:
+                    continue
+                params, masks = le.prepare_trial(su, t, c, select=True)
+                flat = masks.reshape(-1, masks.shape[-1])
+                args = (c, su.emb, quality, label_mask, prompt_costs, costs, sp["val"][t], sp["test"][t],
+                        sp["unseen"][t])
+                oracle[t] = np.asarray(_level_oracle_areas(params, flat, *args, n_clusters=K)).reshape(oracle.shape[1:])
+                if t < check_trials:  # same centroids, fit and prompts as the study
+                    mine = np.asarray(le._score_clusters_all(params, flat, *args, n_clusters=K))[:, d]
+                    np.testing.assert_allclose(mine, A[t, ..., d].reshape(-1), atol=1e-6)
+    col = {c: i for i, c in enumerate(le.COLUMNS)}
+    zero_all = A[:, 0, -1, col["ZeroRouter"]].mean()
+    gain = A[:, 0, -1, col["mean"]].mean() - zero_all
+    at = list(z["budgets"]).index(50) if 50 in z["budgets"] else None
+    share = lambda x: ((x.mean(0) - zero_all) / gain).round(4).tolist()  # x: [trials, budgets]
+    return {"budgets": z["budgets"].tolist(), "at_50": at, "trials": trials,
+            "oracle_area": {s: oracle[:, i].mean(0).round(5).tolist() for i, s in enumerate(le.STRATEGIES)},
+            "oracle_kept": {s: share(oracle[:, i]) for i, s in enumerate(le.STRATEGIES)},
+            "default_kept": {s: share(A[:, i, :, d]) for i, s in enumerate(le.STRATEGIES)},
+            # The same gain read against ZeroRouter given the same labels (paired), not all of them.
+            "default_kept_paired": {s: ((A[:, i, :, d] - A[:, i, :, col["ZeroRouter"]]).mean(0) / gain).round(4).tolist()
+                                    for i, s in enumerate(le.STRATEGIES)}}
+
+
 def write_markdown(rows: list[dict], command: str) -> Path:
     lines = ["# Why prompt selection barely matters at 20 labels", "",
              "Per-cluster errors of the training LLMs, from all their labels (training and validation "
@@ -147,7 +224,29 @@ def write_markdown(rows: list[dict], command: str) -> Path:
                      f"{r['cluster_se_all_stratified']:.3f} | {r['share_50_model']:.2f} | {r['share_50_measured']} | "
                      f"{r['labels_for_80pct_model']:.0f} |")
     lines += ["", "Where plain means with all labels fall below ZeroRouter (alpacaeval), the measured share "
-              "divides by a negative gain and means nothing.", "", f"Command: `{command}`", ""]
+              "divides by a negative gain and means nothing.", "",
+              "## What the overall error alone costs", "",
+              "A level oracle, on the study's own trials, K (the default's) and selected prompts "
+              "(`level_oracle`): it knows each unseen LLM's per-cluster errors from all its validation labels "
+              "(plain means) and takes only the LLM's overall error from the n labels. What it loses between "
+              "all labels and n is what estimating the overall error from n labels costs any cluster router "
+              "that knows the per-cluster pattern exactly. Shares of plain means' all-label gain over ZeroRouter "
+              "(all labels), as in the study, at 50 labels, random / stratified / informative prompts; "
+              "`paired` reads the default's gain against ZeroRouter given the same 50 labels instead.", "",
+              "| dataset | trials | default (study) | default, paired | level oracle, 50 labels | level oracle, "
+              "all labels | lost to the overall error alone |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o = r.get("oracle")
+        if not o or o["at_50"] is None:
+            continue
+        at, strategies = o["at_50"], ("random", "stratified", "informative")
+        cell = lambda key, j: " / ".join(f"{o[key][s][j]:.2f}" for s in strategies)
+        lost = " / ".join(f"{o['oracle_kept'][s][-1] - o['oracle_kept'][s][at]:.2f}" for s in strategies)
+        lines.append(f"| {r['dataset']} | {o['trials']} | {cell('default_kept', at)} | "
+                     f"{cell('default_kept_paired', at)} | {cell('oracle_kept', at)} | "
+                     f"{cell('oracle_kept', -1)} | {lost} |")
+    lines += ["", f"Command: `{command}`", ""]
     path = OUT / "selection_limits.md"
     write_text(path, "\n".join(lines))
     return path
@@ -157,6 +256,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="alpacaeval,routerbench_partial,routerdc_7llm,synthetic")
     ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--no-oracle", action="store_true", help="skip the level oracle (it replays the study's trials)")
     args = ap.parse_args(argv)
     rows = []
     summary = OUT / "summary.json"  # the label-efficiency study's results, for the measured shares
@@ -169,6 +269,8 @@ def main(argv=None) -> int:
         at = measured.get("budgets", []).index(50) if 50 in measured.get("budgets", []) else None
         rows[-1]["share_50_measured"] = "-" if at is None else " / ".join(
             f"{measured['gain_kept'][f'prior/{s}'][at]:.2f}" for s in ("random", "stratified", "informative"))
+        if (OUT / f"{name}.npz").exists() and not args.no_oracle:
+            rows[-1]["oracle"] = level_oracle(name)
         print(f"{name}: {rows[-1]} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     write_text(OUT / "selection_limits.json", json.dumps(rows, indent=1))
     print(write_markdown(rows, " ".join(["python", "benchmarks/selection_limits.py", *(argv or sys.argv[1:])])))
