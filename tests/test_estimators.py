@@ -272,5 +272,27 @@ def test_inputs_are_validated_by_name():
         est.estimate(np.ones(K), np.full(K, 2.0))
     with pytest.raises(ValueError, match="level"):
         est.intervals(np.ones(K), np.zeros(K), level=1.5)
+    with pytest.raises(ValueError, match="extra_counts and extra_error_sums"):
+        E.fit_estimator("prior", n, e, extra_counts=n)
+    with pytest.raises(ValueError, match="extra_counts"):
+        E.fit_estimator("prior", n, e, extra_counts=n[:, :-1], extra_error_sums=e[:, :-1])
+    with pytest.raises(ValueError, match="extra_error_sums"):
+        E.fit_estimator("prior", n, e, extra_counts=n, extra_error_sums=n + 1)
     # mean / shrinkage need no represented LLM
     assert E.fit_estimator("shrinkage", np.zeros((0, K)), np.zeros((0, K))).estimate(np.ones(K), np.zeros(K)).shape == (1, K)
+
+
+def test_extra_labels_enter_the_factors_only():
+    # Labels of the represented LLMs on other prompts (a trial's training prompts): the factors are
+    # those of a fit on all the labels together, the strengths those of a fit on the reference
+    # labels alone (the prompts a new LLM is labelled on).
+    n, e, cents = _population()
+    xn, xe, _ = _population(seed=1, n_range=(20, 60))
+    fit = lambda *a, **k: E.fit_estimator("prior", *a, centroids=cents, cluster_masses=n.sum(0), **k).params
+    with_extra, alone, pooled = fit(n, e, extra_counts=xn, extra_error_sums=xe), fit(n, e), fit(n + xn, e + xe)
+    np.testing.assert_allclose(with_extra.factors, pooled.factors, atol=1e-6)
+    np.testing.assert_allclose(with_extra.offsets, pooled.offsets, atol=1e-6)
+    assert np.abs(with_extra.factors - alone.factors).max() > 1e-2
+    assert float(with_extra.population_error) == float(alone.population_error)
+    np.testing.assert_array_equal(with_extra.strengths, alone.strengths)
+    assert float(with_extra.kappa) != float(pooled.kappa)

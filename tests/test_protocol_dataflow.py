@@ -232,6 +232,18 @@ def _estimation_labels(role, part):
     return train if part == "train" else val_like
 
 
+def _crossed_labels(role, part):
+    """`_estimation_labels`, except that two training LLMs pair the blobs the other way on the
+    training prompts (0 with 2, 1 with 3) than on the validation prompts (0 with 1, 2 with 3), and
+    that u1 is wrong on blob 3 of the test prompts (so the order in which clusters switch from u1 to
+    the cheaper u0 as the budget falls shapes the curve)."""
+    if part == "train" and role in ("s0", "s1"):
+        return {"s0": [1, 0, 1, 0], "s1": [0, 1, 0, 1]}[role]
+    if part == "test" and role == "u1":
+        return [0, 1, 1, 0]
+    return _estimation_labels(role, part)
+
+
 @pytest.fixture(scope="module")
 def estimation_case():
     ds, sp, blob = _dataset(_estimation_labels)
@@ -335,10 +347,13 @@ def test_selection_scores_from_given_centroids_are_evaluates_per_estimator():
 @pytest.mark.parametrize("estimator", ["hierarchical", "prior"])
 def test_learnt_estimators_fit_on_the_training_llms_validation_labels(estimator):
     """The unseen LLMs' rows come from their own validation labels with the estimator the public API
-    fits on the training LLMs' validation counts; their training-prompt labels never enter."""
+    fits on the training LLMs' validation counts (the prior's factors also on the training LLMs'
+    training-prompt counts); the unseen LLMs' training-prompt labels never enter."""
     from uniroute_jax._src.estimators import fit_estimator
 
-    ds, sp, blob = _dataset(_estimation_labels)
+    # The prior's case pairs the clusters differently on the training prompts (the hierarchy's
+    # groups of these four equidistant centroids are a coin toss of its key, so it keeps the plain case).
+    ds, sp, blob = _dataset(_crossed_labels if estimator == "prior" else _estimation_labels)
     va, tr, seen, unseen = sp.val[0], sp.train[0], sp.seen[0], sp.unseen[0]
     # Few validation labels of the unseen LLMs, all correct (u0: two in blob 0; u1: two in blobs 1
     # and 2): the paper's rule calls both perfect everywhere, the learnt estimators do not.
@@ -358,8 +373,17 @@ def test_learnt_estimators_fit_on_the_training_llms_validation_labels(estimator)
     unit = ds.embeddings[tr] / np.linalg.norm(ds.embeddings[tr], axis=1, keepdims=True)
     centroids = np.stack([unit[blob[tr] == b].mean(0) for b in range(N_BLOBS)])  # the cosine k-means optimum
     masses = np.bincount(blob[tr], minlength=N_BLOBS) / tr.size
-    fitted = fit_estimator(estimator, counts[seen], sums[seen], centroids=centroids, cluster_masses=masses)
+    extra = {}
+    if estimator == "prior":
+        t_onehot, t_mask = np.eye(N_BLOBS)[blob[tr]], ds.label_mask[tr][:, seen].astype(np.float64)
+        extra = {"extra_counts": (t_onehot.T @ t_mask).T,
+                 "extra_error_sums": (t_onehot.T @ ((1.0 - ds.quality[tr][:, seen]) * t_mask)).T}
+    fitted = fit_estimator(estimator, counts[seen], sums[seen], centroids=centroids, cluster_masses=masses, **extra)
     twin = _twin_trial(ds, sp, blob, N_BLOBS, 3, psi=fitted.estimate(counts, sums).T)
+    if extra:  # the training-prompt labels, which pair the clusters otherwise, do move the prior
+        alone = fit_estimator(estimator, counts[seen], sums[seen], centroids=centroids, cluster_masses=masses)
+        assert abs(twin[ev.KMEANS][0] - _twin_trial(ds, sp, blob, N_BLOBS, 3,
+                                                    psi=alone.estimate(counts, sums).T)[ev.KMEANS][0]) > 0.01
     shrunk = fit_estimator("shrinkage", counts[seen], sums[seen], alpha=CONFIG.alpha).estimate(counts, sums)
     # The estimator decides this trial's curve (the paper's rule gives another area) ...
     assert abs(twin[ev.KMEANS][0] - _twin_trial(ds, sp, blob, N_BLOBS, 3, psi=shrunk.T)[ev.KMEANS][0]) > 0.01

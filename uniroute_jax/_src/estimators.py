@@ -375,7 +375,8 @@ class Estimator:
 def fit_estimator(method: str, reference_counts: ArrayLike, reference_error_sums: ArrayLike, *,
                   centroids: ArrayLike | None = None, cluster_masses: ArrayLike | None = None,
                   alpha: float = DEFAULT_ALPHA, rank: int = 2, n_groups: int | None = None,
-                  seed: int = 0) -> Estimator:
+                  seed: int = 0, extra_counts: ArrayLike | None = None,
+                  extra_error_sums: ArrayLike | None = None) -> Estimator:
     """Fits an estimator of new LLMs' error vectors from the LLMs already represented.
 
     Args:
@@ -390,6 +391,10 @@ def fit_estimator(method: str, reference_counts: ArrayLike, reference_error_sums
       rank: free factors of the population prior, >= 1 (capped at R - 1).
       n_groups: coarse groups of the hierarchy (default `default_n_groups(K)`).
       seed: seed of the grouping and factor initialisation.
+      extra_counts, extra_error_sums: optional [R, K] further labels of the represented LLMs on
+        other prompts than a new LLM's (e.g. their training prompts); both or neither. They enter
+        the population prior's factors only; the strengths stay fitted on `reference_counts`, the
+        prompts a new LLM is labelled on.
 
     Returns:
       An `Estimator`.
@@ -406,6 +411,16 @@ def fit_estimator(method: str, reference_counts: ArrayLike, reference_error_sums
                                "reference_error_sums")
     if np.any(e > n + 1e-4):
         raise ValueError("reference_error_sums must not exceed reference_counts")
+    if (extra_counts is None) != (extra_error_sums is None):
+        raise ValueError("extra_counts and extra_error_sums go together: pass both or neither")
+    extra = ()
+    if extra_counts is not None:
+        xn = validation.nonnegative(validation.float_array(extra_counts, "extra_counts", shape=(R, K)), "extra_counts")
+        xe = validation.nonnegative(validation.float_array(extra_error_sums, "extra_error_sums", shape=(R, K)),
+                                    "extra_error_sums")
+        if np.any(xe > xn + 1e-4):
+            raise ValueError("extra_error_sums must not exceed extra_counts")
+        extra = (jnp.asarray(xn), jnp.asarray(xe))
     if method in ("hierarchical", "prior") and (R == 0 or n.sum() == 0):
         raise ValueError(f"method {method!r} learns from represented LLMs: reference_counts holds no label")
     if cluster_masses is None:
@@ -429,7 +444,7 @@ def fit_estimator(method: str, reference_counts: ArrayLike, reference_error_sums
     if R == 0:  # mean / shrinkage need nothing from the population; keep the shapes valid
         n, e, R = np.zeros((1, K), np.float32), np.zeros((1, K), np.float32), 1
     params = fit_kernel(jax.random.key(seed), jnp.asarray(n), jnp.asarray(e), jnp.ones(R, bool), jnp.asarray(cents),
-                        jnp.asarray(masses), jnp.asarray(alpha, jnp.float32), n_groups=n_groups, rank=rank)
+                        jnp.asarray(masses), jnp.asarray(alpha, jnp.float32), *extra, n_groups=n_groups, rank=rank)
     return Estimator(method, params)
 
 

@@ -63,7 +63,8 @@ class ProtocolConfig:
       estimator: how UniRoute (K-Means) estimates every LLM's error vector from its validation labels,
         one of `estimators.METHODS`: "shrinkage" (the paper's, with `alpha`), "mean", or
         "hierarchical" / "prior", fitted on the training LLMs' validation labels as references,
-        as `UniRouter.represent(..., estimator=, reference=)` does.
+        as `UniRouter.represent(..., estimator=, reference=)` does; the prior's factors also learn
+        from the training LLMs' training-prompt labels (K is still chosen without them).
       trial_batch: trials vmapped together (0: at most 32, within a ~256 MiB budget for the prompts).
     """
 
@@ -205,13 +206,15 @@ def _metrics_of(estimates, units: RoutingUnits, costs, pool, model_cost, model_q
     return m, metrics.interpolate_curve(cost, quality, valid, at)
 
 
-def _cluster_estimates(key, centroids, lab_tr, lab_va, quality_val, mask_val, seen, alpha, *, n_clusters: int,
-                       estimators: tuple[str, ...], rank: int):
+def _cluster_estimates(key, centroids, lab_tr, lab_va, quality_val, mask_val, seen, alpha, train_labels=None, *,
+                       n_clusters: int, estimators: tuple[str, ...], rank: int):
     """`[K, n_models]` error estimates of every LLM under each estimator, from validation labels.
 
     "shrinkage" and "mean" (alpha = 0) are the pseudo-count rule; "hierarchical" and "prior" are
-    fitted on the training LLMs' validation labels only (an unseen LLM's row is estimated from its
-    own labels, never fitted on), with `fold_in(key, 1)` so the k-means key stays the protocol's.
+    fitted on the training LLMs' validation labels (an unseen LLM's row is estimated from its own
+    labels, never fitted on), with `fold_in(key, 1)` so the k-means key stays the protocol's.
+    `train_labels = (quality_train, mask_train)`, when given, adds the training LLMs' labels on the
+    training prompts to the population prior's factors.
     """
     ev = error_vectors_kernel(lab_va, quality_val, mask_val, 0.0, n_clusters=n_clusters)
     out = {"mean": ev.psi.T}
@@ -219,8 +222,12 @@ def _cluster_estimates(key, centroids, lab_tr, lab_va, quality_val, mask_val, se
         out["shrinkage"] = error_vectors_kernel(lab_va, quality_val, mask_val, alpha, n_clusters=n_clusters).psi.T
     if any(name in ("hierarchical", "prior") for name in estimators):
         masses = jnp.bincount(lab_tr, length=n_clusters).astype(centroids.dtype) / lab_tr.shape[0]
+        extra = ()
+        if train_labels is not None:
+            tr = error_vectors_kernel(lab_tr, *train_labels, 0.0, n_clusters=n_clusters)
+            extra = (tr.counts, tr.error_sums)
         params = fit_kernel(jax.random.fold_in(key, 1), ev.counts, ev.error_sums, seen, centroids, masses, alpha,
-                            n_groups=default_n_groups(n_clusters), rank=rank)
+                            *extra, n_groups=default_n_groups(n_clusters), rank=rank)
         for name in estimators:
             if name in ("hierarchical", "prior"):
                 out[name] = estimate_kernel(params, ev.counts, ev.error_sums, method=name).psi.T
@@ -265,6 +272,13 @@ def _kmeans_trial(key, emb, quality, label_mask, prompt_costs, costs, train, val
                                 n_clusters=n_clusters, estimators=(estimator,), rank=rank)
     sel_area = _selection_area_fn(lab_tr, quality[train], label_mask[train], prompt_costs[train], costs, seen,
                                   n_clusters=n_clusters)(est)
+    if estimator == "prior":
+        # The training LLMs' labels on the training prompts are the protocol's data too (the
+        # supervised routers learn from them): the deployed router's population prior learns its
+        # factors from them as well. The selection score above cannot: it is measured on them.
+        (est,) = _cluster_estimates(key, km.centroids, lab_tr, lab_va, quality[val], label_mask[val], seen, alpha,
+                                    (quality[train], label_mask[train]), n_clusters=n_clusters,
+                                    estimators=(estimator,), rank=rank)
     te_units = _cluster_units(lab_te, quality[test], prompt_costs[test], n_clusters)
     model_cost, model_quality = prompt_costs[test].mean(0), quality[test].mean(0)
     test_m, grid = _metrics_of(est, te_units, costs, unseen, model_cost, model_quality, with_grid=True)
