@@ -36,12 +36,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import label_efficiency as le  # noqa: E402
 from common import write_text  # noqa: E402
-from label_efficiency import _dataset  # noqa: E402
 
 from uniroute_jax._src import evaluation as ev  # noqa: E402
 from uniroute_jax._src.estimators import estimate_kernel  # noqa: E402
-from uniroute_jax._src.kmeans import assign_kernel  # noqa: E402
-from uniroute_jax._src.kmeans import assign_clusters, kmeans  # noqa: E402
+from uniroute_jax._src.kmeans import assign_clusters, assign_kernel, kmeans  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "label_efficiency"
 # The K the study's protocol chose most often on each dataset (its tables' "K: {...}" line).
@@ -85,7 +83,7 @@ def decompose(errors: np.ndarray, labelled: np.ndarray, clusters: np.ndarray, n_
 
 
 def run(name: str, trials: int) -> dict:
-    ds = _dataset(name)
+    ds = le._dataset(name)
     cfg = ev.ProtocolConfig(n_trials=trials, seed=0)
     splits = ev.make_splits(ds.n_prompts, ds.n_models, cfg)
     K = MODAL_K[name]
