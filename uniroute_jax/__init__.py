@@ -57,7 +57,18 @@ from uniroute_jax._src.metrics import (
     upper_hull_mask,
 )
 from uniroute_jax._src.onboarding import ErrorIntervals, ValidationSize, error_intervals, validation_prompts_needed
+from uniroute_jax._src.pacing import (
+    Budget,
+    Pacer,
+    PacerParams,
+    PacerState,
+    ReplayResult,
+    lambda_span,
+    replay,
+    warm_start,
+)
 from uniroute_jax._src.pool import Pool
+from uniroute_jax._src import streams
 from uniroute_jax._src.router import Curves, Routing, RoutingTable, UniRouter
 from uniroute_jax._src.routing import (
     RouteResult,
@@ -94,14 +105,15 @@ from uniroute_jax._src.synthetic import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Budget",
     "CalibratedResult",
     "CalibratedRoute",
     "Calibration",
     "CurveMetrics",
     "CurvePoints",
     "Curves",
-    "Decision",
     "DEFAULT_ALPHA",
+    "Decision",
     "ErrorIntervals",
     "ErrorVectors",
     "Estimator",
@@ -111,14 +123,18 @@ __all__ = [
     "FixedPoolRouter",
     "HardMap",
     "KMeansResult",
-    "LearnedMapConfig",
     "LLMs",
+    "LearnedMapConfig",
+    "Pacer",
+    "PacerParams",
+    "PacerState",
     "Pool",
     "PoolReference",
     "Prices",
-    "Prompts",
     "PromptSpace",
+    "Prompts",
     "ProtocolConfig",
+    "ReplayResult",
     "RouteResult",
     "Routing",
     "RoutingDataset",
@@ -157,6 +173,7 @@ __all__ = [
     "knn_estimates",
     "knn_estimates_multi",
     "lambda_grid",
+    "lambda_span",
     "load_alpacaeval",
     "load_embedllm",
     "load_folder",
@@ -177,6 +194,7 @@ __all__ = [
     "prices_from_cost_map",
     "qnc",
     "random_router_estimates",
+    "replay",
     "request_costs",
     "resolve_model_dir",
     "route",
@@ -190,6 +208,7 @@ __all__ = [
     "sharded_exact_curve",
     "sharded_sweep",
     "sign_test",
+    "streams",
     "sweep",
     "synthetic_dataset",
     "synthetic_world",
@@ -197,5 +216,6 @@ __all__ = [
     "trial_vmap",
     "upper_hull_mask",
     "validation_prompts_needed",
+    "warm_start",
     "zero_router_estimates",
 ]
