@@ -10,6 +10,10 @@ from hypothesis import settings
 
 # LiteLLM reads its bundled price list instead of fetching the remote one (tests run offline).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# The command line and the LiteLLM plugin keep compiled kernels in a persistent cache; the suite
+# compiles about 20,000 and must not write them into the user's cache folder (tests that check the
+# cache give it a folder of their own).
+os.environ.setdefault("UNIROUTE_COMPILATION_CACHE", "0")
 
 settings.register_profile("ci", deadline=None, derandomize=True, database=None, max_examples=25)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

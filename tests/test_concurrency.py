@@ -1,12 +1,12 @@
 """Concurrent writers and readers: no lost model, no torn file, no stray temporary file.
 
-The multi-process tests start real `python` processes (a few, bounded by a timeout) so that the
-file system, not the GIL, decides the interleaving.
+The multi-process tests start real `python` processes so that the file system, not the GIL,
+decides the interleaving. Their deadlines scale with a child's start-up measured on this machine
+just before (`child_processes`), so a busy machine slows them down without failing them, while a
+child that never returns still fails the test instead of hanging the suite.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -15,31 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import uniroute_jax
 from uniroute_jax._src.router import Pool, UniRouter
 
-ROOT = str(Path(uniroute_jax.__file__).resolve().parents[1])
-TIMEOUT = 120  # seconds: a hung child fails the test instead of hanging the suite
-
-
-def _spawn(script: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    return subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _wait_all(procs) -> list[tuple[int, str, str]]:
-    out = []
-    for p in procs:
-        try:
-            so, se = p.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("a child process hung")
-        out.append((p.returncode, so, se))
-    return out
+from child_processes import HANG_CEILING_S, SLACK, spawn, timed_child, wait_all, wait_ready
 
 
 def _stray(folder: Path) -> list[str]:
@@ -58,46 +36,55 @@ ADD_MODEL_WORKER = textwrap.dedent("""
         time.sleep(0.2)
         return pool
     router.Pool.load = classmethod(slow_load)
-    ready, go = sys.argv[1], sys.argv[2]
+    ready, go, wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
     open(ready, "w").close()
-    deadline = time.time() + 100
+    deadline = time.monotonic() + wait
     while not os.path.exists(go):
-        if time.time() > deadline:
+        if time.monotonic() > deadline:
             sys.exit(3)
         time.sleep(0.002)
-    sys.exit(cli.main(sys.argv[3:]))
+    sys.exit(cli.main(sys.argv[4:]))
 """)
 
 
-@pytest.mark.slow  # four fresh Python processes importing JAX: ~5 s idle, longer on a busy machine
+@pytest.mark.slow  # five add-model processes, four queueing on the lock: 1.5-5 min on a busy 2-core machine
 def test_concurrent_add_model_keeps_every_model(tmp_path):
     n = 4
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 5)).astype(np.float32)
     UniRouter.fit(x, 3, n_init=1).save(tmp_path / "router.npz")
     np.save(tmp_path / "val.npy", x[:30])
-    for i in range(n):
+    for i in range(n + 1):
         np.savetxt(tmp_path / f"q{i}.csv", (rng.random(30) < 0.3 + 0.1 * i).astype(float), fmt="%g")
     script = tmp_path / "worker.py"
     script.write_text(ADD_MODEL_WORKER)
     go = tmp_path / "go"
-    procs = [_spawn(script, str(tmp_path / f"ready{i}"), str(go), "add-model", "-r", str(tmp_path / "router.npz"),
-                    "-p", str(tmp_path / "pool.npz"), "--val-embeddings", str(tmp_path / "val.npy"),
-                    "--correctness", str(tmp_path / f"q{i}.csv"), "--name", f"m{i}", "--cost", str(i + 1))
-             for i in range(n)]
-    deadline = time.time() + TIMEOUT
-    while not all((tmp_path / f"ready{i}").exists() for i in range(n)):
-        if time.time() > deadline or any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.01)
+
+    def args(i):
+        return ("add-model", "-r", str(tmp_path / "router.npz"), "-p", str(tmp_path / "pool.npz"), "--val-embeddings",
+                str(tmp_path / "val.npy"), "--correctness", str(tmp_path / f"q{i}.csv"), "--name", f"m{i}",
+                "--cost", str(i + 1))
+
+    # The first model is added alone, and timed: one child's start-up plus a tiny add-model on this
+    # machine now, which sets the deadline of the race below (busy machine, longer deadline).
+    go.touch()
+    one, code, err = timed_child(script, str(tmp_path / "ready0"), str(go), "0", *args(0))
+    assert code == 0, err
+    go.unlink()
+    budget = SLACK * one
+    spawned = time.monotonic()
+    procs = [spawn(script, str(tmp_path / f"ready{i}"), str(go), str(budget), *args(i)) for i in range(1, n + 1)]
+    wait_ready([tmp_path / f"ready{i}" for i in range(1, n + 1)], procs, spawned)
+    deadline = spawned + budget
     go.touch()  # every worker starts its read-change-write at once
-    results = _wait_all(procs)
+    results = wait_all(procs, deadline, f"{SLACK} x one add-model ({one:.1f} s) = {budget:.0f} s")
     for code, _, err in results:
         assert code == 0, err
     pool = Pool.load(tmp_path / "pool.npz")
-    assert sorted(pool.names) == [f"m{i}" for i in range(n)]
+    names = [f"m{i}" for i in range(n + 1)]
+    assert sorted(pool.names) == names
     # Each model's row is the one its own run computed (costs were i + 1).
-    np.testing.assert_array_equal(pool.costs[pool.index([f"m{i}" for i in range(n)])], np.arange(1, n + 1))
+    np.testing.assert_array_equal(pool.costs[pool.index(names)], np.arange(1, n + 2))
     assert _stray(tmp_path) == []
 
 
@@ -106,11 +93,12 @@ SAVE_WORKER = textwrap.dedent("""
     import numpy as np
     from uniroute_jax._src import persistence
     path, stop, seed, ready, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    wait = float(sys.argv[6])
     rng = np.random.default_rng(seed)
     failures = 0
     open(ready, "w").close()
-    deadline = time.time() + 100
-    while not os.path.exists(go) and time.time() < deadline:
+    deadline = time.monotonic() + wait
+    while not os.path.exists(go) and time.monotonic() < deadline:
         time.sleep(0.002)
     t_end = time.time() + 2.0
     for i in range(400):
@@ -135,11 +123,13 @@ def test_reader_never_sees_a_torn_file_during_concurrent_saves(tmp_path):
     script.write_text(SAVE_WORKER)
     stop = tmp_path / "stop"
     go = tmp_path / "go"
-    writers = [_spawn(script, str(path), str(stop), str(seed), str(tmp_path / f"ready{seed}"), str(go))
-               for seed in (1, 2)]
-    deadline = time.time() + TIMEOUT
-    while not all((tmp_path / f"ready{seed}").exists() for seed in (1, 2)) and time.time() < deadline:
-        time.sleep(0.01)
+    spawned = time.monotonic()
+    writers = [spawn(script, str(path), str(stop), str(seed), str(tmp_path / f"ready{seed}"), str(go),
+                     str(HANG_CEILING_S)) for seed in (1, 2)]
+    # The writers' start-up, measured here, sets the deadline of their two seconds of saving.
+    startup = wait_ready([tmp_path / f"ready{seed}" for seed in (1, 2)], writers, spawned)
+    budget = SLACK * startup
+    deadline = time.monotonic() + budget
     go.touch()  # both writers save at once, for about two seconds
     loads, corrupt, t0 = 0, [], time.time()
     # Bounded in count and time; stops early once both writers are done.
@@ -153,7 +143,7 @@ def test_reader_never_sees_a_torn_file_during_concurrent_saves(tmp_path):
             assert len(set(pool.costs.tolist())) <= 1
         loads += 1
     stop.touch()
-    results = _wait_all(writers)
+    results = wait_all(writers, deadline, f"{SLACK} x the writers' start-up ({startup:.1f} s) = {budget:.0f} s")
     assert corrupt == [], f"{len(corrupt)} of {loads} loads failed, first: {corrupt[0]}"
     for code, out, err in results:
         assert code == 0 and out.strip() == "0", err
@@ -207,6 +197,52 @@ def test_failed_save_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch)
         Pool(("b",), [2.0], [[0.5, 0.5]], [[1, 1]], [[0.5, 0.5]]).save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.npz"]
+
+
+def _record_syncs_and_renames(monkeypatch) -> list[tuple]:
+    """Patches `os.fsync` and `os.replace` to log, in order, what each one saw, then do its work.
+
+    An fsync logs the file's inode and its size as the OS sees it then (bytes still in Python's
+    buffer do not count); a rename logs the inode and size of the file it moves.
+    """
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def logged_fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", st.st_ino, st.st_size))
+        fsync(fd)
+
+    def logged_replace(src, dst, **kw):
+        st = os.stat(src)
+        events.append(("replace", st.st_ino, st.st_size, Path(dst).name))
+        replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    return events
+
+
+@pytest.mark.parametrize("how", ["write_atomic", "Pool.save"])
+def test_save_flushes_and_syncs_the_data_before_the_rename(tmp_path, monkeypatch, how):
+    from uniroute_jax._src import persistence
+
+    path = tmp_path / "out.npz"
+    path.write_bytes(b"old")
+    events = _record_syncs_and_renames(monkeypatch)
+    if how == "write_atomic":
+        with persistence.write_atomic(path, "w") as f:
+            f.write("a,b\n1,2\n")  # far less than one buffer: only an explicit flush gets it to the OS
+    else:
+        Pool(("a",), [1.0], [[0.2, 0.3]], [[1, 1]], [[0.2, 0.3]]).save(path)
+    monkeypatch.undo()
+    renames = [e for e in events if e[0] == "replace"]
+    assert len(renames) == 1 and renames[0][3] == "out.npz", events
+    _, inode, size, _ = renames[0]
+    assert size == path.stat().st_size > 3  # the new file, whole
+    before = events[:events.index(renames[0])]
+    # The temporary file was synced before it took the target's name, with every byte already
+    # handed to the OS: a crash after the rename finds the new data, not an empty or short file.
+    assert ("fsync", inode, size) in before, events
 
 
 def test_save_keeps_the_replaced_files_permissions(tmp_path):

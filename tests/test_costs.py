@@ -32,3 +32,16 @@ def test_estimate_tokens():
     assert estimate_tokens("") == 0 and estimate_tokens("abcd") == 1 and estimate_tokens("abcde") == 2
     with pytest.raises(TypeError, match="text must be a str"):
         estimate_tokens(3)
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"input_cost_per_token": "abc", "output_cost_per_token": 1e-6}, r"input_cost_per_token is 'abc', not a number"),
+    ({"input_cost_per_token": None, "output_cost_per_token": 1e-6}, r"input_cost_per_token is None, not a number"),
+    ({"input_cost_per_token": 1e-6, "output_cost_per_token": -2e-6}, r"output_cost_per_token is -2e-06, not .*>= 0"),
+    ({"input_cost_per_token": float("nan"), "output_cost_per_token": 1e-6}, r"input_cost_per_token is nan"),
+    ("1e-6 per token", r"is a str, not a mapping"),
+])
+def test_malformed_cost_map_entries_name_the_model_key_and_field(entry, match):
+    cmap = {"gpt-x": entry, "good": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}}
+    with pytest.raises(ValueError, match=r"cost map entry 'gpt-x' \(model 'openai/gpt-x'\): " + match):
+        prices_from_cost_map(["good", "openai/gpt-x"], cmap, 10)

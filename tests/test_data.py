@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -252,6 +253,23 @@ def test_load_folder_errors_name_file_line_and_column(tmp_path, name, content, m
         (folder / name).write_text(content, encoding="utf-8")
     with pytest.raises(ValueError, match=match):
         data.load_folder(folder)
+
+
+def test_a_file_that_is_not_utf8_names_the_file_line_and_byte(tmp_path):
+    folder = _write(tmp_path / "bad", GOOD)
+    (folder / "prompts.csv").write_bytes("prompt_id,text\np1,tea\np2,caf\xe9 au lait\np3,x\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"prompts.csv, line 3: not UTF-8 text \(byte 0xe9 at offset 28\)"):
+        data.load_folder(folder)
+
+
+@settings(settings.get_profile("data"))
+@given(st.text(alphabet="ab \n\r\f\v\x1c\x1d\x1e\x85\u2028\u2029"))
+def test_split_lines_breaks_on_newline_only(text):
+    # Twin: a regular expression over "\n" and "\r\n", the only line ends of a prompt file.
+    want = re.split(r"\r?\n", text)
+    if want[-1] == "":
+        want.pop()
+    assert data.split_lines(text) == want
 
 
 def test_load_folder_missing_folder(tmp_path):

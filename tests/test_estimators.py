@@ -55,21 +55,69 @@ def numpy_estimate(method, p, counts, sums):
             in_g = groups == groups[k]
             prior[k] = (sums[in_g].sum() + t1 * root) / (counts[in_g].sum() + t1)
         s = np.full(K_, t2)
+    elif not bool(p.use_prior):  # the prior did not beat the shrinkage rule
+        prior, s = np.full(K_, overall), np.full(K_, float(p.alpha))
     else:
-        f, b = np.asarray(p.factors, np.float64), np.asarray(p.offsets, np.float64)
-        mu, prec = np.asarray(p.v_mean, np.float64), np.asarray(p.v_precision, np.float64)
-        v = mu.copy()
-        for _ in range(100):  # plain Newton to convergence
-            m = expit(f @ v + b)
-            grad = f.T @ (sums - counts * m) - prec @ (v - mu)
-            hess = (f * (counts * m * (1 - m))[:, None]).T @ f + prec
-            v = v + np.linalg.solve(hess, grad)
-        prior = np.clip(expit(f @ v + b), 1e-3, 1 - 1e-3)
-        s = np.full(K_, float(p.kappa))
+        raise ValueError("the population prior's twin is numpy_prior")
     denom = counts + s
     psi = np.where(denom > 0, (sums + s * prior) / np.where(denom > 0, denom, 1), prior)
     return psi, prior
 
+
+def numpy_prior(p, counts, sums):
+    """Twin of the population prior of one LLM: each cluster predicted from the other clusters'
+    labels (plain Newton MAP), its variance from the Laplace covariance and the cluster's factor
+    covariance; at every tau of the grid the Beta matching the moments of sigmoid of that Gaussian
+    plus tau^2 (a 160-point Gauss-Hermite rule; the kernel uses 24), capped at the population's labels; mixed over tau by the learnt weights
+    times each cluster's own Beta-Binomial likelihood. Returns `(psi, mean, total)` of the posterior."""
+    f, b = np.asarray(p.factors, np.float64), np.asarray(p.offsets, np.float64)
+    mu, prec = np.asarray(p.v_mean, np.float64), np.asarray(p.v_precision, np.float64)
+    fcov, log_pi = np.asarray(p.factor_cov, np.float64), np.asarray(p.tau_weights, np.float64)
+    scale = 1.0 / (1.0 - E.SHARED_PROMPT_CORRELATION)
+    cap = np.maximum(np.asarray(p.support, np.float64) * scale, 1e-3)
+    K_ = counts.shape[0]
+    psi, mean, total = np.zeros(K_), np.zeros(K_), np.zeros(K_)
+    for k in range(K_):
+        c, e = counts.copy(), sums.copy()
+        c[k] = e[k] = 0.0  # the cluster's own labels never enter its prediction
+        v = mu.copy()
+        for _ in range(100):  # plain Newton to convergence
+            m = expit(f @ v + b)
+            grad = f.T @ (e - c * m) - prec @ (v - mu)
+            hess = (f * (c * m * (1 - m))[:, None]).T @ f + prec
+            v = v + np.linalg.solve(hess, grad)
+        m = expit(f @ v + b)
+        cov_v = np.linalg.inv((f * (c * m * (1 - m))[:, None]).T @ f + prec)
+        g = np.r_[1.0, v[1:]]
+        z, var = f[k] @ v + b[k], f[k] @ cov_v @ f[k] + g @ fcov[k] @ g
+        n_k, e_k = counts[k] * scale, sums[k] * scale
+        logw, psi_t, a_t, b_t = [], [], [], []
+        for t, tau in enumerate(E.TAU_GRID.astype(np.float64)):
+            sd = np.sqrt(var + tau ** 2)
+            mom = lambda j: GH_W @ expit(z + sd * GH_X) ** j
+            pm = np.clip(mom(1), 1e-3, 1 - 1e-3)
+            s = np.clip(pm * (1 - pm) / max(mom(2) - mom(1) ** 2, 1e-12) - 1, 1e-3, E.STRENGTH_GRID[-1])
+            s = min(s, cap[k])
+            ll = 0.0
+            if counts[k] > 0:
+                ll = betaln(e_k + s * pm, n_k - e_k + s * (1 - pm)) - betaln(s * pm, s * (1 - pm))
+            logw.append(log_pi[t] + ll)
+            psi_t.append((e_k + s * pm) / (n_k + s))
+            a_t.append(e_k + s * pm + 0.5)
+            b_t.append(n_k - e_k + s * (1 - pm) + 0.5)
+        w = np.exp(np.array(logw) - max(logw))
+        w /= w.sum()
+        a_t, b_t = np.array(a_t), np.array(b_t)
+        m_t = a_t / (a_t + b_t)
+        psi[k] = w @ np.array(psi_t)
+        mean[k] = w @ m_t
+        spread = w @ (m_t * (1 - m_t) / (a_t + b_t + 1) + (m_t - mean[k]) ** 2)
+        total[k] = mean[k] * (1 - mean[k]) / spread - 1  # a + b of the Beta with that mean and variance
+    return psi, mean, total
+
+
+GH_X, GH_W = np.polynomial.hermite_e.hermegauss(160)
+GH_W = GH_W / GH_W.sum()
 
 counts_st = hnp.arrays(np.int32, (K,), elements=st.integers(0, 12))
 
@@ -80,8 +128,20 @@ def test_every_estimator_matches_numpy(counts, seed, method):
     n = counts.astype(np.float32)
     e = rng.binomial(counts, rng.uniform(size=K)).astype(np.float32)
     got = _with(method).estimate_full(n, e)
-    psi, prior = numpy_estimate(method, _fitted().params, n.astype(np.float64), e.astype(np.float64))
-    np.testing.assert_allclose(np.asarray(got.prior[0]), prior, atol=2e-4)
+    if method == "prior":
+        p = _fitted().params
+        assert bool(p.use_prior)  # this population's prior beats the shrinkage rule: checked
+        psi, mean, total = numpy_prior(p, n.astype(np.float64), e.astype(np.float64))
+        # The one Beta the estimate reports has the mixture posterior's mean and variance.
+        # (The kernel's 24-point rule is good to ~5e-4 at the grid's widest tau, 8 logits.)
+        a, b = np.asarray(got.a[0], np.float64), np.asarray(got.b[0], np.float64)
+        np.testing.assert_allclose(a / (a + b), mean, atol=1e-3)
+        np.testing.assert_allclose(a + b, total, rtol=5e-3)
+        np.testing.assert_allclose(np.asarray(got.psi[0]), psi, atol=1e-3)
+        return
+    else:
+        psi, prior = numpy_estimate(method, _fitted().params, n.astype(np.float64), e.astype(np.float64))
+        np.testing.assert_allclose(np.asarray(got.prior[0]), prior, atol=2e-4)
     np.testing.assert_allclose(np.asarray(got.psi[0]), psi, atol=2e-4)
 
 
@@ -153,7 +213,7 @@ def test_padded_reference_rows_change_nothing():
     junk = np.full((3, K), 7.0, np.float32)
     padded = fit(key, jnp.asarray(np.vstack([n, junk])), jnp.asarray(np.vstack([e, junk * 0.5])),
                  jnp.asarray(np.r_[np.ones(R, bool), np.zeros(3, bool)]), jnp.asarray(cents), masses, alpha)
-    for field in ("population_error", "strengths", "kappa", "v_mean", "offsets"):
+    for field in ("population_error", "strengths", "kappa", "tau_weights", "v_mean", "offsets"):
         np.testing.assert_allclose(np.asarray(getattr(padded, field)), np.asarray(getattr(plain, field)),
                                    rtol=2e-3, atol=2e-3, err_msg=field)
 
@@ -205,15 +265,14 @@ def test_estimates_stay_in_unit_interval(counts, frac, method):
     assert np.all(np.isfinite(psi)) and np.all((psi >= 0) & (psi <= 1))
 
 
-@pytest.mark.parametrize("method", E.METHODS[1:])
+# The population prior's Beta has the mean of sigmoid of an uncertain logit, not the sigmoid of
+# its mean, so labels at the latter do move it; its numbers are checked against `numpy_prior`.
+@pytest.mark.parametrize("method", ["shrinkage", "hierarchical"])
 def test_labels_that_agree_with_the_prior_do_not_move_it(method):
     est = _with(method)
     p = est.params
     n = np.array([3, 10, 0, 7, 40, 1], np.float32)
-    if method == "prior":  # the prediction at the prior mean of the latent factors
-        target = np.asarray(jax.nn.sigmoid(p.factors @ p.v_mean + p.offsets))
-    else:  # every cluster at the population's overall error: root, groups and clusters agree
-        target = np.full(K, float(p.population_error))
+    target = np.full(K, float(p.population_error))  # root, groups and clusters agree
     psi = est.estimate(n, n * target)[0]
     np.testing.assert_allclose(psi, target, atol=2e-4)
 
@@ -296,3 +355,62 @@ def test_extra_labels_enter_the_factors_only():
     assert float(with_extra.population_error) == float(alone.population_error)
     np.testing.assert_array_equal(with_extra.strengths, alone.strengths)
     assert float(with_extra.kappa) != float(pooled.kappa)
+
+
+# ------------------------------------------------------------------ population size and support
+
+
+def _thin_population(rng, r, n_labels, k=10):
+    """`r` LLMs with cluster effects, each labelled on `n_labels` prompts spread over `k` clusters."""
+    cl = rng.normal(size=k)
+    z = rng.normal(size=r)[:, None] + cl[None, :] + 0.5 * rng.normal(size=(r, k))
+    counts = np.stack([np.bincount(rng.integers(0, k, n_labels), minlength=k) for _ in range(r)]).astype(np.float32)
+    return counts, rng.binomial(counts.astype(int), expit(z)).astype(np.float32)
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_prior_falls_to_nothing_for_a_small_thinly_labelled_pool(r):
+    # 2-3 LLMs with 20 labels each (2 per cluster): the prior weighs no more than the shrinkage rule
+    # (1 pseudo-label), or is that rule; a population of 12 LLMs with 200 labels each supports more.
+    rng = np.random.default_rng(r)
+    for _ in range(3):
+        est, rows = E.estimate_rows("prior", *_thin_population(rng, r, 20))
+        assert est.used == "shrinkage" or rows.strength.mean() <= 1.5, rows.strength.mean()
+    est, rows = E.estimate_rows("prior", *_thin_population(rng, 12, 200))
+    assert est.used == "prior" and rows.strength.mean() > 5
+
+
+def test_represent_new_fits_its_prior_on_the_pool_rows_only():
+    from uniroute_jax._src.pool import Pool
+
+    n, e, _ = _population(9, r=8)
+    pool = Pool(tuple(f"m{i}" for i in range(8)), np.ones(8), np.full(n.shape, 0.5), n, e)
+    rng = np.random.default_rng(10)
+    new_n = rng.integers(0, 6, size=(1, K)).astype(np.float32)
+    new_e = np.floor(new_n * 0.8)
+    new = Pool(("new",), [1.0], np.full((1, K), 0.5), new_n, new_e)
+    got, _ = E.represent_new(pool, new, "prior")
+    masses = n.sum(0) + new_n.sum(0) + 1e-3
+    reference = E.fit_estimator("prior", n, e, cluster_masses=masses)
+    assert reference.used == "prior"
+    np.testing.assert_allclose(got.psi, reference.estimate(new_n, new_e), atol=1e-6)
+    # The check can tell: a prior fitted with the new LLM among the pool's rows gives other rows.
+    leaked = E.fit_estimator("prior", np.vstack([n, new_n]), np.vstack([e, new_e]), cluster_masses=masses)
+    assert np.abs(leaked.estimate(new_n, new_e) - got.psi).max() > 1e-3
+
+
+def test_prior_counts_for_no_more_than_the_labels_behind_it():
+    # LLMs that follow the population model closely, with 2 labels each in cluster 0 and 60 in the
+    # others: the model would trust its prediction for cluster 0 strongly, but the population knows
+    # that cluster from 2 labels per LLM, and its prior weighs at most that many (effective) labels.
+    rng = np.random.default_rng(4)
+    r, k = 12, 6
+    z = rng.normal(size=r)[:, None] + rng.normal(size=k)[None, :] + 0.05 * rng.normal(size=(r, k))
+    counts = np.full((r, k), 60.0, np.float32)
+    counts[:, 0] = 2.0
+    errors = rng.binomial(counts.astype(int), expit(z)).astype(np.float32)
+    est, rows = E.estimate_rows("prior", counts, errors)
+    assert est.used == "prior"
+    support = counts.sum(0) / r / (1 - E.SHARED_PROMPT_CORRELATION)  # every other LLM has the same labels
+    assert np.all(rows.strength <= support[None, :] * (1 + 1e-4))
+    assert rows.strength[:, 1:].mean() > 5 * support[0]  # where labels back it, the prior is strong

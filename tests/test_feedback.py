@@ -1,15 +1,14 @@
 import os
-import subprocess
-import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import uniroute_jax as ur
 from uniroute_jax._src.feedback import observe, observe_file, posterior, sample_psi
+
+from child_processes import HANG_CEILING_S, SLACK, spawn, wait_all, wait_ready
 
 
 @pytest.fixture(scope="module")
@@ -78,39 +77,65 @@ def test_observe_file_refuses_bad_input_without_touching_the_file(world, tmp_pat
 
 
 WRITER = textwrap.dedent("""
-    import sys, numpy as np, uniroute_jax as ur
-    from uniroute_jax._src.feedback import observe_file
-    router = ur.UniRouter.load(sys.argv[1])
-    x = np.load(sys.argv[3])
-    model, n = sys.argv[4], int(sys.argv[5])
-    for i in range(n):
-        observe_file(sys.argv[2], router, x[i:i + 1], model, [float(i % 2)])
+    import os, sys, time
+    import numpy as np, uniroute_jax as ur
+    from uniroute_jax._src import feedback
+
+    router_path, pool_path, x_path, model, n, ready, go, wait = sys.argv[1:9]
+    router, x = ur.UniRouter.load(router_path), np.load(x_path)
+    # Compile before the start signal, so both writers spend the race inside observe_file.
+    feedback.observe(ur.Pool.load(pool_path), router, x[:1], model, [1.0])
+    # A slow disk: reading the pool takes 5 ms, so unsynchronised read-change-writes overlap.
+    real_load = ur.Pool.load.__func__
+    def slow_load(cls, path):
+        pool = real_load(cls, path)
+        time.sleep(0.005)
+        return pool
+    ur.Pool.load = classmethod(slow_load)
+    open(ready, "w").close()
+    deadline = time.monotonic() + float(wait)
+    while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            sys.exit(3)
+        time.sleep(0.002)
+    for i in range(int(n)):
+        feedback.observe_file(pool_path, router, x[i:i + 1], model, [float(i % 2)])
 """)
 
 
+@pytest.mark.slow  # two fresh Python processes importing JAX, then 120 locked read-change-writes
 def test_two_processes_observing_one_file_lose_no_update(world, tmp_path):
     router, x, q = world
     router.save(tmp_path / "router.npz")
     pool = router.represent(x[400:500], q[400:500], ["a", "b", "c"], [0.1, 0.5, 1.0])
     path = pool.save(tmp_path / "pool.npz")
     np.save(tmp_path / "x.npy", x[700:760])
-    n = 25
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "router.npz"), str(path),
-                               str(tmp_path / "x.npy"), m, str(n)], env=env) for m in ("a", "b")]
+    (tmp_path / "writer.py").write_text(WRITER)
+    n, go = 60, tmp_path / "go"
+    spawned = time.monotonic()
+    procs = [spawn(tmp_path / "writer.py", str(tmp_path / "router.npz"), str(path), str(tmp_path / "x.npy"), m, str(n),
+                   str(tmp_path / f"ready_{m}"), str(go), str(HANG_CEILING_S)) for m in ("a", "b")]
+    startup = wait_ready([tmp_path / "ready_a", tmp_path / "ready_b"], procs, spawned)
+    deadline = time.monotonic() + SLACK * startup
+    go.touch()  # both writers start their 60 read-change-writes at once
     loads = 0
-    while any(p.poll() is None for p in procs):
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         ur.Pool.load(path)  # a reader always finds a whole, valid file
         loads += 1
         time.sleep(0.005)
-    assert [p.returncode for p in procs] == [0, 0]
+    results = wait_all(procs, deadline, f"{SLACK} x the writers' start-up ({startup:.1f} s)")
+    assert [code for code, _, _ in results] == [0, 0], [err for _, _, err in results]
     final = ur.Pool.load(path)
-    added = final.counts.sum(1) - pool.counts.sum(1)
-    np.testing.assert_allclose(added, [n, n, 0])
-    # Each writer observed errors 1 - i % 2: 13 errors out of 25.
-    np.testing.assert_allclose(final.error_sums.sum(1) - pool.error_sums.sum(1), [13, 13, 0], atol=1e-4)
+    # Every observation is counted, in its own cluster (a NumPy count of the writers' labels): an
+    # update lost to an unlocked read-change-write shows up here.
+    clusters = np.asarray(router.assign(x[700:700 + n]))
+    per_writer = np.bincount(clusters, minlength=router.n_clusters)
+    errors = np.bincount(clusters, weights=1.0 - np.arange(n) % 2, minlength=router.n_clusters)
+    np.testing.assert_array_equal(final.counts - pool.counts, [per_writer, per_writer, np.zeros_like(per_writer)])
+    np.testing.assert_allclose(final.error_sums - pool.error_sums, [errors, errors, np.zeros_like(errors)], atol=1e-4)
     assert loads > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.npz", "pool.npz.lock", "router.npz", "x.npy"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["go", "pool.npz", "pool.npz.lock", "ready_a", "ready_b",
+                                                          "router.npz", "writer.py", "x.npy"]
 
 
 def test_observe_command_updates_the_file(world, tmp_path, capsys):
@@ -126,3 +151,30 @@ def test_observe_command_updates_the_file(world, tmp_path, capsys):
     assert code == 0 and "3 observation(s)" in capsys.readouterr().out
     np.testing.assert_allclose(ur.Pool.load(tmp_path / "p.npz").psi,
                                observe(pool, router, x[800:803], "b", [1, 0, 1]).psi)
+
+
+def test_observe_names_a_missing_model_argument(world):
+    router, x, q = world
+    pool = router.represent(x[400:450], q[400:450], ["a", "b", "c"], [0.1, 0.5, 1.0])
+    with pytest.raises(TypeError, match=r"model must be .*got None"):
+        observe(pool, router, x[:2], None, [1, 0])
+    with pytest.raises(TypeError, match=r"model\[1\] must be .*got 3"):
+        observe(pool, router, x[:2], ["a", 3], [1, 0])
+
+
+def test_observe_refuses_a_read_only_pool_as_add_model_does(world, tmp_path, capsys):
+    from uniroute_jax._src.cli import main
+
+    router, x, q = world
+    path = router.represent(x[400:450], q[400:450], ["a", "b", "c"], [0.1, 0.5, 1.0]).save(tmp_path / "pool.npz")
+    os.chmod(path, 0o444)
+    before = path.read_bytes()
+    with pytest.raises(PermissionError, match="pool.npz is read-only"):
+        observe_file(path, router, x[:1], "a", [1.0])
+    router.save(tmp_path / "r.npz")
+    np.save(tmp_path / "e.npy", x[800:801])
+    code = main(["observe", "-r", str(tmp_path / "r.npz"), "-p", str(path), "-e", str(tmp_path / "e.npy"),
+                 "--model", "a", "--correct", "1"])
+    assert code == 2 and "read-only" in capsys.readouterr().err
+    assert path.read_bytes() == before and (path.stat().st_mode & 0o777) == 0o444
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "pool.npz", "pool.npz.lock", "r.npz"]

@@ -134,6 +134,7 @@ def test_eager_equals_jit_and_no_retrace(blobs):
     (dict(weights=np.ones(4)), ValueError, "weights must have shape"),
     (dict(metric="manhattan"), ValueError, "metric must be one of"),
     (dict(x=np.array([["a", "b"]] * 6)), TypeError, "x must be a numeric array"),
+    (dict(x=np.eye(6, 2)[[0, 1, 0, 2, 1, 0]], metric="cosine"), ValueError, r"x has 1 rows? .*\(first: row 3, all-zero\)"),
 ])
 def test_bad_input_raises(bad, exc, match):
     kw = dict(x=np.random.default_rng(0).normal(size=(6, 2)), n_clusters=2)

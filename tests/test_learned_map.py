@@ -207,7 +207,7 @@ def test_verbose_prints_one_line_per_epoch(data, capsys):
 
 def test_pool_from_another_router_is_rejected(data, trained):
     other = Pool(("a",), [1.0], np.full((1, K + 1), 0.5), np.ones((1, K + 1)), np.ones((1, K + 1)))
-    with pytest.raises(ValueError, match="clusters but the router has"):
+    with pytest.raises(ValueError, match="clusters but this router has"):
         trained.estimates(data["x_te"], other)
     with pytest.raises(TypeError, match="pool must be a Pool"):
         trained.route(data["x_te"], "pool", 0.1)

@@ -126,6 +126,8 @@ def test_proxy_routes_each_request_and_shows_the_decision(proxy):
         assert headers["x-uniroute-cluster"] == str(cluster) and headers["x-uniroute-lambda"] == f"{LAM:g}"
         trace = json.loads(headers["x-uniroute-trace"])
         assert {c["name"] for c in trace["candidates"]} == set(NAMES) and trace["fallback"] is None
+        # This request's trace names the deployment that answered it, not one of the others.
+        assert trace["model"] == served and trace["deployment"] == f"openai/{served}"
     assert len(set(expected.model)) > 1
 
 

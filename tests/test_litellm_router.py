@@ -71,6 +71,8 @@ def test_routes_1000_requests_where_uniroute_decides(world):
     traces = [t for _, t in results]
     assert [t["model"] for t in traces] == served
     assert [t["cluster"] for t in traces] == list(router.assign(x))
+    # Every request's trace names the deployment that answered it (each mock answer names itself).
+    assert [t["deployment"] for t in traces] == [f"openai/{s}" for s in served]
     t = traces[0]
     assert t["lam"] == lam and t["fallback"] is None and t["deployment"] == f"openai/{t['model']}"
     row = {c["name"]: c for c in t["candidates"]}
@@ -81,6 +83,21 @@ def test_routes_1000_requests_where_uniroute_decides(world):
     # A group UniRoute does not route is left to LiteLLM.
     resp = asyncio.run(llm_router.acompletion(model="other", messages=[{"role": "user", "content": "hi"}]))
     assert resp.choices[0].message.content == "answer from other"
+
+
+def test_each_trace_names_the_deployment_that_answered_its_request(world):
+    embedder, router, pool = world
+    plugin = UniRoutePlugin(router, pool, lam=0.25, model_groups=[GROUP], embedder=embedder, embed_in_thread=False)
+    llm_router = litellm.Router(model_list=model_list(), plugins=[plugin])
+    texts = make_texts(40, 17)
+    results = asyncio.run(send(llm_router, texts, concurrency=8))
+    served = [s for s, _ in results]
+    # The requests go to every LLM, and not first to the deployment listed first: a trace that
+    # names any fixed or neighbouring candidate differs from the answer somewhere.
+    assert set(served) == set(NAMES) and served[0] != NAMES[0]
+    for text, answered, trace in zip(texts, served, (t for _, t in results)):
+        assert trace["fallback"] is None, text
+        assert (trace["model"], trace["deployment"]) == (answered, f"openai/{answered}"), text
 
 
 def test_per_request_costs_follow_a_numpy_twin(world):
@@ -162,6 +179,46 @@ def test_reloads_a_pool_file_replaced_on_disk(world, tmp_path, caplog):
         results = asyncio.run(send(llm_router, texts))
     assert {s for s, _ in results} == {"llm-small"} and results[0][1]["pool_version"] == 2
     assert "reloading failed" in caplog.text
+
+
+def test_reload_refuses_a_pool_another_router_built(world, tmp_path, caplog):
+    """A pool file replaced by one of another router with as many clusters is refused on reload,
+    as `route` refuses it: the previous version keeps serving and the log says why."""
+    embedder, router, pool = world
+    router.save(tmp_path / "router.npz")
+    pool.save(tmp_path / "pool.npz")
+    plugin = UniRoutePlugin(tmp_path / "router.npz", tmp_path / "pool.npz", lam=0.0, model_groups=[GROUP],
+                            embedder=embedder, check_every=0.0, embed_in_thread=False)
+    llm_router = litellm.Router(model_list=model_list(), plugins=[plugin])
+    texts = make_texts(30, 9)
+    before = [s for s, _ in asyncio.run(send(llm_router, texts))]
+    assert before == list(router.route(embedder(texts), pool, 0.0).model) and "llm-small" not in before
+    # Another router of the same K (its centroids in another order) built these rows: llm-small
+    # looks best everywhere, so serving them would send every request there.
+    other = ur.UniRouter(router.centroids[::-1].copy(), router.metric, router.alpha)
+    psi = pool.psi.copy()
+    psi[0] = 0.0
+    foreign = ur.Pool(pool.names, pool.costs, psi, pool.counts, pool.error_sums, other.fingerprint)
+    with pytest.raises(ValueError, match="another router"):
+        router.route(embedder(texts), foreign, 0.0)  # the check `uniroute route` applies
+    foreign.save(tmp_path / "pool.npz")
+    with caplog.at_level(logging.ERROR, logger="uniroute_jax.litellm"):
+        results = asyncio.run(send(llm_router, texts))
+    assert [s for s, _ in results] == before and results[0][1]["pool_version"] == 1
+    assert "keeping version 1" in caplog.text and "another router" in caplog.text
+
+
+def test_calibration_file_is_split_on_newlines_only(world, tmp_path):
+    _, router, pool = world
+    router.save(tmp_path / "r.npz")
+    pool.save(tmp_path / "p.npz")
+    # Form feed, U+2028 and U+0085 are characters of a prompt, not line breaks.
+    prompts = ["page one\fpage two", "a line\u2028separator", "next\x85line", "plain"]
+    (tmp_path / "sample.txt").write_text("\r\n".join(prompts) + "\n", encoding="utf-8", newline="")
+    plugin = UniRoutePlugin.from_env({"UNIROUTE_ROUTER": str(tmp_path / "r.npz"), "UNIROUTE_POOL": str(tmp_path / "p.npz"),
+                                      "UNIROUTE_TARGET_COST": "0.3", "UNIROUTE_WARM_UP": "0",
+                                      "UNIROUTE_CALIBRATION_PROMPTS": str(tmp_path / "sample.txt")})
+    assert plugin.calibration_prompts == prompts
 
 
 def test_target_cost_is_met_on_the_calibration_sample(world):
@@ -253,3 +310,26 @@ def test_proxy_settings_from_the_environment(world, tmp_path):
         UniRoutePlugin.from_env(env)
     plugin = UniRoutePlugin.from_env({**env, "UNIROUTE_CALIBRATION_PROMPTS": str(tmp_path / "sample.txt")})
     assert plugin.lam is None and plugin.target_cost == 0.3 and len(plugin.calibration_prompts) == 50
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_trace_times_the_embedding_apart_from_the_decision(world, monkeypatch, in_thread):
+    import time
+
+    from litellm.types.router import RoutingContext
+
+    embedder, router, pool = world
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])  # time moves only inside the embedder
+
+    def slow(texts):
+        clock[0] += 2.5
+        return embedder(texts)
+
+    plugin = UniRoutePlugin(router, pool, lam=0.0, model_groups=[GROUP], embedder=slow, embed_in_thread=in_thread)
+    messages = [{"role": "user", "content": make_texts(1, 5)[0]}]
+    context = RoutingContext(model=GROUP, candidate_models=[f"openai/{n}" for n in NAMES], raw_messages=messages,
+                             structured_messages=messages, metadata={"model_group": GROUP}, signals={})
+    trace = asyncio.run(plugin.run(context)).signals[SIGNAL]
+    assert trace["fallback"] is None
+    assert trace["embed_ms"] == 2500.0 and trace["decision_ms"] == 0.0

@@ -270,3 +270,38 @@ def test_highs_agrees_that_no_budget_below_the_cheapest_routing_is_feasible():
     least = (w / w.sum()) @ np.where(mask, c, np.inf).min(axis=1)
     assert _linprog_routing(p, c, mask, w, least - 1e-3).status == 2  # infeasible
     assert bayes.frontier_error(bayes.exact_frontier(p, c, mask, w), least - 1e-3) == np.inf
+
+
+def test_check_proposition1_measures_a_plug_in_router_against_the_lp_not_its_own_hull(monkeypatch):
+    # Routed on noisy estimates of p, the swept router misses the frontier at budgets that no
+    # Bayes sweep produces. Proposition 1's residuals must then be measured against the exact LP
+    # (HiGHS here, and the Lagrangian minimum in NumPy), whatever router the sweep runs: a
+    # reference built from the sweep's own points would call every one of them optimal.
+    pytest.importorskip("scipy")
+    p, c, mask, w = _random_routing_lp(11)
+    p, c = p.astype(np.float32).astype(np.float64), c.astype(np.float32).astype(np.float64)  # exact in float32
+    p_hat = np.clip(p + np.random.default_rng(12).normal(0.0, 0.15, p.shape), 0.0, 1.0)
+    lams = np.asarray([0.0, 0.05, 0.2, 0.6, 2.0], np.float32)
+    real = bayes.bayes_choices
+    monkeypatch.setattr(bayes, "bayes_choices", lambda p_, c_, m_, lams_: real(jnp.asarray(p_hat, jnp.float32),
+                                                                                 c_, m_, lams_))
+    chk = bayes.check_proposition1(p, c, mask, lams, w)
+    # The twin: the plug-in router's operating points in float64 ...
+    choice = np.asarray(real(jnp.asarray(p_hat, jnp.float32), jnp.asarray(c, jnp.float32), jnp.asarray(mask),
+                             jnp.asarray(lams)))
+    wn, rows = w / w.sum(), np.arange(p.shape[0])
+    cost, error = c[choice] @ wn, p[rows, choice] @ wn
+    np.testing.assert_allclose(chk.sweep_cost, cost, rtol=1e-12)
+    np.testing.assert_allclose(chk.sweep_error, error, rtol=1e-12)
+    # ... the LP's least error at each of their costs, from HiGHS ...
+    best = []
+    for budget in cost:
+        res = _linprog_routing(p, c, mask, w, budget)
+        assert res.status == 0, res.message
+        best.append(res.fun)
+    np.testing.assert_allclose(chk.frontier_gap, error - np.array(best), atol=1e-8)
+    # ... and the least Lagrangian risk, each unit on its own best model.
+    lagrangian = np.where(mask, p[None] + lams[:, None, None].astype(np.float64) * c, np.inf).min(axis=2) @ wn
+    np.testing.assert_allclose(chk.dual_gap, error + lams * cost - lagrangian, atol=1e-8)
+    # The plug-in router is measurably off the frontier, so the check has something to find.
+    assert chk.frontier_gap.max() > 1e-3 and chk.dual_gap.max() > 1e-3

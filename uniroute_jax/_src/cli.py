@@ -1,12 +1,18 @@
-"""The `uniroute` command line. Every failure is one line on stderr and exit status 2."""
+"""The `uniroute` command line. Every failure is one line on stderr and exit status 2; Ctrl-C stops a
+command within about a second, with one line and exit status 130."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import signal
+import socket
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +164,8 @@ def _cmd_fit(args) -> int:
 
     check_output(args.out, "--out", {"embeddings": args.embeddings})
     x = read_matrix(args.embeddings, "embeddings", key="embeddings")
+    if args.metric == "cosine":  # name the file and the row, before k-means sees them
+        validation.embedding_rows(validation.float_array(x, "embeddings", ndim=2), f"embeddings {args.embeddings}")
     router = UniRouter.fit(x, args.clusters, seed=args.seed, n_init=args.n_init, metric=args.metric,
                            alpha=args.alpha, init_sample=args.init_sample, verbose=True)
     path = router.save(args.out)
@@ -171,11 +179,9 @@ def _load_router_pool(args, need_pool: bool = True):
     router = UniRouter.load(args.router)
     if not need_pool:
         return router, None
-    pool = Pool.load(args.pool)
-    if pool.n_clusters != router.n_clusters:
-        raise CLIError(f"pool {args.pool} has {pool.n_clusters} clusters but router {args.router} has "
-                       f"{router.n_clusters}: represent the models with this router")
-    return router, pool
+    # upgrade: a pool file of the format before pools derived their rows is re-derived on reading.
+    return router, router.check_pool(Pool.load(args.pool, upgrade=True), what=f"pool {args.pool}",
+                                     other=f"router {args.router}")
 
 
 def _embeddings(x: np.ndarray, name: str, router) -> np.ndarray:
@@ -191,8 +197,7 @@ def _cmd_add_model(args) -> int:
 
     name = validation.model_name(args.name, "--name")
     pool_path = persistence.npz_path(args.pool)
-    if pool_path.exists() and (not os.access(pool_path, os.W_OK) or not pool_path.stat().st_mode & 0o222):
-        raise CLIError(f"--pool {pool_path} is read-only; make it writable or give another pool file")
+    persistence.check_writable(pool_path)  # early, before the work; the save checks it again
     router, _ = _load_router_pool(args, need_pool=False)
     x = _embeddings(read_matrix(args.val_embeddings, "val-embeddings", key="embeddings"), "val-embeddings", router)
     q = read_matrix(args.correctness, "correctness", key="correctness", allow_nan=True)
@@ -206,29 +211,28 @@ def _cmd_add_model(args) -> int:
         raise CLIError("correctness holds no label: every value is blank or nan (the model was run on no prompt)")
     cost = validation.nonnegative_float(args.cost, "cost")
     new = router.represent(x, q, [name], [cost])
-    from uniroute_jax._src.estimators import represent_new
+    from uniroute_jax._src.estimators import add_to_pool
     # Read, change and write the pool under its lock: concurrent add-model runs queue here
     # instead of each writing back the pool it read and losing the others' models.
-    with locked(pool_path):
+    with locked(pool_path, timeout=args.lock_timeout):
         pool = Pool.load(pool_path) if pool_path.exists() else Pool.empty(router.n_clusters)
-        if pool.n_clusters != router.n_clusters:
-            raise CLIError(f"pool {pool_path} has {pool.n_clusters} clusters but router {args.router} has "
-                           f"{router.n_clusters}: represent the models with this router")
+        router.check_pool(pool, what=f"pool {pool_path}", other=f"router {args.router}", allow_empty=True)
         order = list(pool.names)
         if name in pool:
             if not args.replace:
                 raise CLIError(f"model {name!r} is already in {pool_path}; pass --replace to overwrite it")
-            pool = pool.remove(name)
+            pool = pool.select([n for n in pool.names if n != name])  # derived once, below
         else:
             order.append(name)
-        # The estimator learns from the LLMs already in the pool (read under the lock).
-        new, report = represent_new(pool, new, args.estimator)
-        pool = (pool + new).select(order)  # a replaced model keeps its place
+        # Every row is re-derived from the whole pool (read under the lock), with the estimator
+        # learnt from every LLM's labels: the pool does not depend on the order of additions.
+        pool, report = add_to_pool(pool, new, args.estimator)
+        pool = pool.select(order)  # a replaced model keeps its place
         path = pool.save(pool_path)
     print("\n".join(report))
     n = int(new.counts.sum())
-    print(f"added {name!r} (cost {cost:g}, {n} validation labels, error {new.error_sums.sum() / max(n, 1):.3f}) "
-          f"to {path}: {len(pool)} models")
+    print(f"added {name!r} (cost {cost:g}, {n} validation label{'' if n == 1 else 's'}, "
+          f"error {new.error_sums.sum() / max(n, 1):.3f}) to {path}: {len(pool)} models")
     return 0
 
 
@@ -244,6 +248,8 @@ def _cmd_select_prompts(args) -> int:
         from uniroute_jax._src.pool import Pool
 
         pool = Pool.load(args.pool) if args.pool and Path(args.pool).exists() else None
+        if pool is not None:
+            router.check_pool(pool, what=f"pool {args.pool}", other=f"router {args.router}", allow_empty=True)
         if pool is None or len(pool) < 2:
             raise CLIError("select-prompts: --strategy informative needs --pool with at least two represented LLMs")
         est = fit_estimator("prior", pool.counts, pool.error_sums, seed=args.seed)
@@ -258,22 +264,31 @@ def read_prompts(path: str) -> tuple[list[str] | None, list[str]]:
     """`(prompt ids or None, texts)` from `.jsonl` (a "text" or "prompt" field per line, optional
     "prompt_id"), `.csv` (a "text" or "prompt" column, optional "prompt_id") or `.txt` (one prompt
     per line, no ids)."""
+    from uniroute_jax._src.data import read_lines, utf8_error
+
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"texts: no such file {path}")
     try:
         if p.suffix == ".jsonl":
             ids, out = [], []
-            for i, line in enumerate(p.read_text(encoding="utf-8-sig").splitlines(), 1):
+            for i, line in enumerate(read_lines(p), 1):  # "\n" ends a line; U+2028 may sit in a JSON string
                 if not line.strip():
                     continue
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise CLIError(f"texts: {path} line {i} is not JSON: {err}") from None
-                text = obj.get("text", obj.get("prompt")) if isinstance(obj, dict) else obj
+                field = next((k for k in ("text", "prompt") if k in obj), "text") if isinstance(obj, dict) else None
+                text = obj.get(field) if field else obj
                 if not isinstance(text, str):
                     raise CLIError(f"texts: {path} line {i} has no string field 'text' or 'prompt'")
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as err:  # a "\ud83d" escape without its other half
+                    where = f"field {field!r}" if field else "string"
+                    raise CLIError(f"texts: {path} line {i} {where} holds a lone surrogate {text[err.start]!r} at "
+                                   f"character {err.start}, which is not text: fix or drop the prompt") from None
                 out.append(text)
                 ids.append(obj.get("prompt_id") if isinstance(obj, dict) else None)
             has_ids = any(i is not None for i in ids)
@@ -290,9 +305,11 @@ def read_prompts(path: str) -> tuple[list[str] | None, list[str]]:
             ids = [r["prompt_id"] for r in rows] if "prompt_id" in (reader.fieldnames or []) else None
             return ids, [r[field] for r in rows]
         if p.suffix == ".txt":
-            return None, [line for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    except UnicodeDecodeError as err:
-        raise CLIError(f"texts: {path} is not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+            return None, [line for line in read_lines(p) if line.strip()]
+    except UnicodeDecodeError:  # the CSV reader's
+        raise CLIError(f"texts: {utf8_error(p)}") from None
+    except ValueError as err:  # read_lines's
+        raise CLIError(f"texts: {err}") from None
     raise CLIError(f"texts: unsupported file type {p.suffix!r} for {path} (use .jsonl, .csv or .txt)")
 
 
@@ -324,13 +341,34 @@ def _cmd_route(args) -> int:
         x = read_matrix(args.embeddings, "embeddings", key="embeddings")
     x = _embeddings(x, "embeddings", router)
     models = parse_names(args.models, args.model)
-    decision = router.route(x, pool, args.lam, models=models)
+    if args.target_cost is not None:
+        cal = _calibrate(router, x, pool, args.target_cost, models)
+        decision = router.route_calibrated(x, pool, cal, seed=args.seed, models=models)
+    else:
+        decision = router.route(x, pool, args.lam, models=models)
     # Rows carry the prompts' own ids when the file gives them, else their position.
     first = "prompt_id" if ids is not None else "prompt"
     ids = ids if ids is not None else list(range(len(decision.model)))
     rows = [[i, str(m), int(c)] for i, m, c in zip(ids, decision.model, decision.cluster)]
     write_table(args.out, [first, "model", "cluster"], rows, args.format)
     return 0
+
+
+def _calibrate(router, x: np.ndarray, pool, target_cost: float, models, quality=None):
+    """The exact calibration to a target mean cost on these prompts (`UniRouter.calibrate`); says it on stderr."""
+    target = validation.nonnegative_float(target_cost, "target_cost")
+    cal = router.calibrate(x, pool, cost=target, models=models, labels=quality)
+    lam_hi, lam_lo, p = float(cal.lam_high_cost[0]), float(cal.lam_low_cost[0]), float(cal.p_high[0])
+    mix = f"lambda {lam_hi:.6g}" if p == 1.0 else (
+        f"lambda {lam_lo:.6g}" if p == 0.0 else f"lambda {lam_hi:.6g} with probability {p:.4f}, else {lam_lo:.6g}")
+    msg = (f"target mean cost {target:g} on {x.shape[0]} prompts: {mix}; expected mean cost "
+           f"{float(cal.achieved_cost[0]):.6g}")
+    if quality is not None:
+        msg += f", mean quality {float(cal.achieved_quality[0]):.4f}"
+    if not bool(cal.feasible[0]):
+        msg += " (the target is below the cheapest decisions' cost: routing at the cheapest)"
+    print(msg, file=sys.stderr)
+    return cal
 
 
 def _cmd_embed(args) -> int:
@@ -379,6 +417,8 @@ def _cmd_sweep(args) -> int:
             qnc_s = f"{float(t.value):.3f}" if bool(t.reached) else "not reached"
             print(f"Area {a:.4f}; QNC {qnc_s} (target accuracy {target:.4f}; cost normalised by "
                   f"{norm:g}, the priciest model's)", file=sys.stderr)
+    if args.target_cost is not None:
+        _calibrate(router, x, pool, args.target_cost, models, quality)
     if args.plot:
         plot_curves({"UniRoute": (curves.mean_cost[0], curves.mean_quality[0] if quality is not None
                                   else 1 - curves.mean_error_estimate[0])},
@@ -523,6 +563,7 @@ def _add_observe_parser(sub) -> None:
                    help="comma-separated quality in [0, 1], one per prompt (or a .npy/.csv file)")
     o.add_argument("--model-dir", help="embedding model folder for --text (default: installed package)")
     o.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
+    o.add_argument("--lock-timeout", type=_seconds, metavar="SECONDS", help=LOCK_TIMEOUT_HELP)
     o.set_defaults(func=_cmd_observe)
 
 
@@ -539,12 +580,24 @@ def _cmd_observe(args) -> int:
             correct = [float(v) for v in args.correct.split(",")]
         except ValueError:
             raise CLIError(f"correct: expected comma-separated numbers or a file, got {args.correct!r}") from None
-    pool = observe_file(args.pool, router, x, args.model, correct)
+    pool = observe_file(args.pool, router, x, args.model, correct, lock_timeout=args.lock_timeout)
     i = pool.names.index(args.model)
     n, s = float(pool.counts[i].sum()), float(pool.error_sums[i].sum())
     print(f"{args.model}: {len(correct)} observation(s) added to {args.pool}; "
-          f"{n:g} labels, overall error {s / max(n, 1e-12):.3f}")
+          f"{n:g} label{'' if n == 1 else 's'}, overall error {s / max(n, 1e-12):.3f}")
     return 0
+
+
+def _seconds(value: str) -> float:
+    """The argparse type of `--lock-timeout`: a finite number of seconds >= 0."""
+    try:
+        return validation.nonnegative_float(float(value), "seconds")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}") from None
+
+
+LOCK_TIMEOUT_HELP = ("seconds to wait while another process holds the pool's lock, then give up (exit 2); "
+                     "default: wait, naming the holder after a second")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -576,8 +629,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--name", required=True, help="model name")
     a.add_argument("--cost", required=True, type=float, help="cost per query")
     a.add_argument("--replace", action="store_true", help="overwrite a model of the same name")
-    a.add_argument("--estimator", choices=["mean", "shrinkage", "hierarchical", "prior"], default="prior",
-                   help="estimator of the per-cluster errors (default prior: learnt from the pool's LLMs)")
+    a.add_argument("--estimator", choices=["mean", "shrinkage", "hierarchical", "prior"], default=None,
+                   help="estimator every row of the pool is derived with (default: the pool's own; prior for a "
+                        "new pool, learnt from the pool's LLMs, the shrinkage rule where that predicts no better)")
+    a.add_argument("--lock-timeout", type=_seconds, metavar="SECONDS", help=LOCK_TIMEOUT_HELP)
     a.set_defaults(func=_cmd_add_model)
 
     m = sub.add_parser("embed", help="embed prompt texts with all-MiniLM-L6-v2; write an embeddings .npy")
@@ -604,7 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--texts", "-t", help="prompt texts (.jsonl/.csv/.txt), embedded with all-MiniLM-L6-v2")
     r.add_argument("--model-dir", help="embedding model folder for --texts (default: installed package)")
     r.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
-    r.add_argument("--lam", type=float, required=True, help="trade-off >= 0 (0 = most accurate)")
+    budget = r.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--lam", type=float, help="trade-off >= 0 (0 = most accurate)")
+    budget.add_argument("--target-cost", type=float,
+                        help="mean cost per prompt to meet on these prompts (lambda calibrated exactly)")
+    r.add_argument("--seed", type=int, default=0, help="seed of --target-cost's mix of two trade-offs (default 0)")
     r.add_argument("--models", help="comma-separated subset of the pool to route among")
     r.add_argument("--model", action="append", help="one model of the subset (repeatable; for names with commas)")
     r.add_argument("--out", "-o", help="output .csv or .jsonl (default: CSV on stdout)")
@@ -619,6 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--models", help="comma-separated subset of the pool")
     s.add_argument("--model", action="append", help="one model of the subset (repeatable; for names with commas)")
     s.add_argument("--n-budgets", type=int, default=256)
+    s.add_argument("--target-cost", type=float,
+                   help="also print the lambda that meets this mean cost per prompt here (exact calibration)")
     s.add_argument("--out", "-o", help="CSV to write (default stdout)")
     s.add_argument("--plot", help="PNG to write")
     s.set_defaults(func=_cmd_sweep)
@@ -654,15 +715,80 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # `--help` ends here, before JAX is imported
+    from uniroute_jax._src import compile_cache
+
+    compile_cache.enable()  # a command's compiled kernels are loaded, not compiled, by the next one
+    if argv is None:  # this process's own command line: Ctrl-C must end it wherever it waits
+        _end_on_ctrl_c(args.command)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        if argv is None:
+            _stop(args.command)
+        print(_STOPPED.format(args.command), file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into `head` and closed early
         return 0
     except (CLIError, ValueError, TypeError, FileNotFoundError, OSError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"uniroute: error: {msg}", file=sys.stderr)
         return 2
+
+
+_STOPPED = "uniroute: interrupted: {} stopped (Ctrl-C); no file is left half-written"
+_STOPPING = threading.Lock()
+_WAKEUP: tuple = ()
+
+
+def _stop(command: str) -> None:
+    """Says that `command` stopped on Ctrl-C and ends the process at once, with status 130 (128 + SIGINT).
+
+    At once, not by returning: a computation JAX started may still be running, and the
+    interpreter's exit would wait for it. No file is left half-written: each is replaced whole by
+    a rename, and a temporary file left behind is removed by the next save of that file.
+    """
+    with _STOPPING:  # the main thread or the watcher, whichever comes first; the other waits here
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            print(_STOPPED.format(command), file=sys.stderr, flush=True)
+        os._exit(130)
+
+
+def _end_on_ctrl_c(command: str, grace: float = 1.0) -> None:
+    """Makes Ctrl-C end this process within about `grace` seconds, wherever its main thread is.
+
+    Python raises KeyboardInterrupt only when the main thread runs Python code: not during an XLA
+    compile, nor in a wait inside native code. The C-level handler writes the signal's number to
+    the wakeup socket at once, though: a thread reading it gives the main thread `grace` seconds
+    to stop by itself (removing its temporary files), then ends the process (`_stop`).
+    """
+    global _WAKEUP
+    try:
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except (OSError, ValueError):  # not possible here: Ctrl-C stays Python's KeyboardInterrupt
+        return
+    _WAKEUP = (reader, writer)  # kept open for the process's life
+    report = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        # A Ctrl-C that lands in a callback (JAX's garbage-collector hook) is dropped there with a
+        # traceback instead of stopping the command: the watcher below stops it, with one line.
+        if not issubclass(info.exc_type, KeyboardInterrupt):
+            report(info)
+
+    sys.unraisablehook = unraisable
+
+    def watch() -> None:
+        while (got := reader.recv(64)) and signal.SIGINT not in got:
+            pass
+        if got:
+            time.sleep(grace)
+            _stop(command)
+
+    threading.Thread(target=watch, name="uniroute-ctrl-c", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -86,18 +86,24 @@ def prices_from_cost_map(names: Sequence[str], cost_map: Mapping[str, Mapping], 
         without its provider prefix (`"openai/gpt-4o-mini"` -> `"gpt-4o-mini"`).
 
     Raises:
-      ValueError naming the models the map does not price.
+      ValueError naming the models the map does not price, or the entry, model and field of a
+      malformed price.
     """
     names = _names(names)
     keys = dict(keys or {})
     rows, missing = [], []
     for n in names:
         candidates = [keys[n]] if n in keys else [n, n.split("/", 1)[-1]]
-        entry = next((cost_map[c] for c in candidates if c in cost_map), None)
+        key = next((c for c in candidates if c in cost_map), None)
+        entry = None if key is None else cost_map[key]
+        where = f"cost map entry {key!r} (model {n!r})"
+        if key is not None and not isinstance(entry, Mapping):
+            raise ValueError(f"{where}: is a {type(entry).__name__}, not a mapping with {INPUT_PRICE_KEY} and "
+                             f"{OUTPUT_PRICE_KEY}")
         if entry is None or INPUT_PRICE_KEY not in entry or OUTPUT_PRICE_KEY not in entry:
             missing.append(n)
             continue
-        rows.append((float(entry[INPUT_PRICE_KEY]), float(entry[OUTPUT_PRICE_KEY])))
+        rows.append(tuple(_price(entry[field], where, field) for field in (INPUT_PRICE_KEY, OUTPUT_PRICE_KEY)))
     if missing:
         raise ValueError(f"the cost map has no {INPUT_PRICE_KEY}/{OUTPUT_PRICE_KEY} for {missing}; "
                          "give their prices with `prices(...)` or map them with keys=")
@@ -108,6 +114,17 @@ def prices_from_cost_map(names: Sequence[str], cost_map: Mapping[str, Mapping], 
         expected_output_tokens = [expected_output_tokens[n] for n in names]
     rows = np.asarray(rows, np.float64).reshape(len(names), 2)
     return prices(names, rows[:, 0], rows[:, 1], expected_output_tokens)
+
+
+def _price(value, where: str, field: str) -> float:
+    """A per-token price read from a cost-map entry: a finite number >= 0, or a ValueError naming it."""
+    try:
+        price = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        price = None
+    if price is None or not math.isfinite(price) or price < 0:
+        raise ValueError(f"{where}: {field} is {value!r}, not a number >= 0")
+    return price
 
 
 def request_costs(p: Prices, input_tokens: ArrayLike) -> np.ndarray:

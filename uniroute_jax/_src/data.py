@@ -242,8 +242,46 @@ class RoutingDataset:
 
 
 # ------------------------------------------------------------------------------------------------
-# CSV helpers
+# Text and CSV helpers
 # ------------------------------------------------------------------------------------------------
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of `text`, split on "\\n" (a "\\r" before it dropped) and on nothing else.
+
+    Not `str.splitlines`, which also breaks on form feed, U+0085, U+2028 and more: characters a
+    prompt, or a JSON string, may hold, so one prompt would become two and every later row shift.
+    A final line end adds no empty line.
+    """
+    lines = text.split("\n")
+    last = lines.pop()
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return lines + [last] if last else lines
+
+
+def utf8_error(path: PathLike) -> ValueError:
+    """The error for a file that is not UTF-8, naming its line and offset of the first bad byte."""
+    raw = Path(path).read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        return ValueError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+                          f"{err.start}); save it as UTF-8")
+    return ValueError(f"{path}: not UTF-8 text; save it as UTF-8")
+
+
+def read_lines(path: PathLike) -> list[str]:
+    """The lines (`split_lines`) of the UTF-8 text file `path`, a leading byte-order mark dropped.
+
+    Raises:
+      ValueError: the file is not UTF-8 (`utf8_error`).
+    """
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise utf8_error(path) from None
+    return split_lines(text.removeprefix("\ufeff"))
 
 
 @contextlib.contextmanager
@@ -261,6 +299,13 @@ def _read_csv(path: Path, required: Sequence[str]) -> tuple[list[str], list[tupl
     """Reads a CSV: (header, [(line number, cells)]), checking required columns and widths."""
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
+    try:
+        return _read_csv_rows(path, required)
+    except UnicodeDecodeError:  # its offsets count from the decoder's last chunk: find the byte again
+        raise utf8_error(path) from None
+
+
+def _read_csv_rows(path: Path, required: Sequence[str]) -> tuple[list[str], list[tuple[int, list[str]]]]:
     with _large_csv_fields(), open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         try:
@@ -687,7 +732,9 @@ def shared_data_candidates() -> list[Path]:
         out.append(Path(os.environ["UNIROUTE_DATA"]).expanduser())
     out.append(Path.cwd() / ".." / "shared" / "data")
     out.append(Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
-    return out
+    # From the repository's root the last two are one folder: keep each folder once.
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
 def load_shared(name: str, root: PathLike | None = None) -> RoutingDataset:

@@ -25,6 +25,15 @@ from uniroute_jax._src.sweeps import sweep
 from uniroute_jax._src.synthetic import WorldConfig, synthetic_world
 
 
+# Printed under the table: what its columns measure.
+METRICS_NOTE = (
+    "Area: test accuracy averaged over every budget from 0 to the cost of the pool's priciest LLM (the area\n"
+    "under the accuracy-cost curve, cost divided by that LLM's; higher is better, at most 1). Area(50%): the\n"
+    "same area over budgets up to half that cost (at most 0.5). QNC: the lowest such normalised cost at which\n"
+    "the router matches the accuracy of the pool's most accurate LLM (lower is better; mean over the pools that\n"
+    "reach it). Each figure is a mean ± standard deviation over random pools of LLMs unseen in training.")
+
+
 class DemoResult(NamedTuple):
     table: str  # markdown table of mean (std) metrics per method
     area: dict[str, np.ndarray]  # method -> [n_pools] Area
@@ -126,5 +135,6 @@ def _plot(curves, order, masks, model_cost, model_quality, path: Path) -> Path:
 def main(seed: int, out_dir: str) -> int:
     res = run_demo(seed, out_dir=out_dir, log=lambda m: print(m, file=sys.stderr))
     print(res.table)
+    print(f"\n{METRICS_NOTE}")
     print(f"\nplot: {res.plot}")
     return 0

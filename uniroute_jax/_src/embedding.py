@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -604,6 +605,12 @@ class TextEmbedder:
         self.pad_id = 0 if pad is None else pad
         self._forward = _jitted_forward(self.config.num_heads, self.config.layer_norm_eps)
         self.forward_calls = 0
+        # Calls go before the warm-up (it waits while one runs), and a shape compiles once when
+        # both want it at the same time: on a CPU two compiles at once take each other's cores.
+        self._running = 0
+        self._idle = threading.Condition()
+        self._ready: set[tuple[int, ...]] = set()
+        self._shape_locks: dict[tuple[int, ...], threading.Lock] = {}
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self._cache: _EmbeddingCache | None = None
         self._use_cache = bool(cache)
@@ -641,7 +648,66 @@ class TextEmbedder:
         return [[self.cls_id, *truncate_ids(e.ids, max_content, self.truncation,
                                             self.head_tokens), self.sep_id] for e in encodings]
 
+    @property
+    def length_buckets(self) -> tuple[int, ...]:
+        """Every sequence length a batch can be padded to (one compiled forward pass each)."""
+        return tuple(sorted({min(size, self.max_length) for size in LENGTH_BUCKETS}))
+
+    def warm_up(self, batch_sizes: Sequence[int] = (1,), *, stop: Callable[[], bool] | None = None) -> int:
+        """Compiles the forward pass for every length bucket at each of `batch_sizes`, shortest first.
+
+        A later call of any text length then runs without compiling (with JAX's persistent cache,
+        see `compile_cache`, a later process loads the compiled passes instead). About a second
+        of compile per bucket on a CPU; a server runs this in a background thread at start, and
+        calls go first: it waits between shapes while one runs, and a call that needs the shape
+        being compiled waits for it rather than compiling it too.
+
+        Args:
+          batch_sizes: padded batch sizes to compile (a served request embeds one text: 1).
+          stop: checked before each shape; warming ends early when it returns True.
+
+        Returns:
+          The number of shapes run.
+        """
+        sizes = sorted({_batch_bucket(validation.positive_int(b, "batch_sizes"), self.batch_size) for b in batch_sizes})
+        done = 0
+        for seq_len in self.length_buckets:
+            for n in sizes:
+                with self._idle:
+                    self._idle.wait_for(lambda: self._running == 0)
+                if stop is not None and stop():
+                    return done
+                input_ids = np.full((n, seq_len), self.pad_id, np.int32)
+                input_ids[:, 0], input_ids[:, 1] = self.cls_id, self.sep_id
+                mask = np.zeros((n, seq_len), np.int32)
+                mask[:, :2] = 1
+                self._run(input_ids, mask)
+                done += 1
+        return done
+
+    def _run(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The forward pass of one padded batch; the first of each shape under that shape's lock."""
+        shape = input_ids.shape
+        if shape in self._ready:
+            return np.asarray(self._forward(self.params, input_ids, mask))
+        with self._idle:
+            lock = self._shape_locks.setdefault(shape, threading.Lock())
+        with lock:
+            out = np.asarray(self._forward(self.params, input_ids, mask))
+            self._ready.add(shape)
+        return out
+
     def _embed_uncached(self, texts: Sequence[str]) -> np.ndarray:
+        with self._idle:
+            self._running += 1
+        try:
+            return self._embed_batches(texts)
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
+
+    def _embed_batches(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), np.float32)
         if not texts:
             return out
@@ -657,9 +723,9 @@ class TextEmbedder:
             for j, r in enumerate(rows):
                 input_ids[j, :len(ids[r])] = ids[r]
                 mask[j, :len(ids[r])] = 1
-            vecs = self._forward(self.params, input_ids, mask)
+            vecs = self._run(input_ids, mask)
             self.forward_calls += 1
-            out[rows] = np.asarray(vecs)[:len(rows)]
+            out[rows] = vecs[:len(rows)]
             bar.update(len(rows))
         return out
 

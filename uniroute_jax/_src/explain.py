@@ -35,8 +35,9 @@ class Decision(NamedTuple):
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready trace: `{"model", "cluster", "lam", "candidates": [{name, error, cost, score}]}`."""
-        rows = [{"name": n, "error": e, "cost": c, "score": s} for n, e, c, s in
-                zip(self.names, _significant(self.error), _significant(self.cost), _significant(self.score))]
+        # One rounding pass over the three columns: this runs on every served request.
+        error, cost, score = _significant(np.stack([self.error, self.cost, self.score]))
+        rows = [{"name": n, "error": e, "cost": c, "score": s} for n, e, c, s in zip(self.names, error, cost, score)]
         return {"model": self.model, "cluster": int(self.cluster), "lam": float(self.lam), "candidates": rows}
 
     def table(self) -> str:
@@ -94,9 +95,7 @@ def explain(router, pool, embeddings: ArrayLike, lam: float, *, costs: ArrayLike
     Returns:
       `n_prompts` `Decision`s.
     """
-    from uniroute_jax._src.pool import check_pool  # noqa: PLC0415 (keeps this module import-light)
-
-    check_pool(pool, router.n_clusters)
+    router.check_pool(pool)
     lam = validation.nonnegative_float(lam, "lam")
     errors = router.estimates(embeddings, pool)  # Phi(x) . Psi(h): Psi[cluster] under a hard map
     clusters = router.assign(embeddings) if router.feature_map.hard else np.argmax(router.features(embeddings), axis=1)

@@ -7,7 +7,9 @@ overall error with the weight of `alpha` pseudo-labels (the rule of `error_vecto
     Psi(h)[k] = (error_sums[h, k] + alpha * overall(h)) / (counts[h, k] + alpha)
               = mean of Beta(error_sums + alpha * overall, counts - error_sums + alpha * (1 - overall))
 
-`observe` adds new labels to those counts and recomputes the rows it touched; `observe_file`
+`observe` adds new labels to those counts and recomputes the rows it touched; a pool that records
+an estimator (`Pool.estimator`, as `uniroute add-model` writes) has changed, so every row is
+re-derived with it instead (`Pool.rederive`: the estimator learns from every LLM); `observe_file`
 does the same on a pool file under a lock, so concurrent writers never lose an update and a
 reader always finds a whole file. `sample_psi` draws from the posteriors (Thompson sampling), so
 an LLM with few labels gets traffic until its estimate tightens.
@@ -67,7 +69,7 @@ def observe(pool: Pool, router, embeddings: ArrayLike, model: str | Sequence[str
     Raises:
       ValueError / TypeError naming the argument (unknown model, wrong length, value outside [0, 1]).
     """
-    router._check_pool(pool)  # a non-empty Pool of this router (clusters and fingerprint)
+    router.check_pool(pool)  # a non-empty Pool of this router (clusters and fingerprint)
     if getattr(router.feature_map, "psi_source", "hard") != "hard":
         raise ValueError("observe folds labels into hard clusters; this router represents LLMs on its soft "
                          "map's weights (psi_source='soft'): represent them again with the new labels instead")
@@ -76,7 +78,16 @@ def observe(pool: Pool, router, embeddings: ArrayLike, model: str | Sequence[str
     n = q.shape[0]
     if n == 0:
         raise ValueError("correct holds no observation")
-    names = [model] * n if isinstance(model, str) else list(model)
+    if isinstance(model, str):
+        names = [model] * n
+    elif isinstance(model, Sequence) or isinstance(model, np.ndarray):
+        names = list(model)
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise TypeError(f"model[{i}] must be a model name (str), got {name!r}")
+    else:
+        raise TypeError(f"model must be the name of the pool model that answered, or one name per "
+                        f"observation, got {model!r}")
     if len(names) != n:
         raise ValueError(f"model has {len(names)} names but correct has {n} values")
     rows = pool.index(names)
@@ -89,6 +100,8 @@ def observe(pool: Pool, router, embeddings: ArrayLike, model: str | Sequence[str
     np.add.at(sums, (rows, clusters), 1.0 - q)
     touched = np.unique(rows)
     updated = dataclasses.replace(pool, counts=counts, error_sums=sums)
+    if pool.estimator is not None:
+        return updated.rederive()
     a, b = posterior(updated, router.alpha)
     psi = pool.psi.astype(np.float64)
     denom = a[touched] + b[touched]
@@ -99,19 +112,22 @@ def observe(pool: Pool, router, embeddings: ArrayLike, model: str | Sequence[str
 
 
 def observe_file(pool_path: str | os.PathLike, router, embeddings: ArrayLike, model: str | Sequence[str],
-                 correct: ArrayLike) -> Pool:
+                 correct: ArrayLike, *, lock_timeout: float | None = None) -> Pool:
     """`observe` on a pool file: locked read-change-write, atomic replace; returns the new pool.
 
     The lock is `filelock.locked` (a sidecar `<pool>.lock`), so every writer using it
     (threads or processes on one machine) applies its update to the latest file. Bad input raises
-    before anything is written.
+    before anything is written. `lock_timeout`: seconds to wait for another writer's lock before
+    raising `TimeoutError` (default: wait; after a second the holder is named on stderr). A
+    read-only pool file raises `PermissionError`, as every save does.
     """
     path = Path(pool_path)
     if path.suffix != ".npz":
         raise ValueError(f"pool_path must name a .npz pool file, got {pool_path}")
     if not path.exists():
         raise FileNotFoundError(f"no pool file at {path}")
-    with locked(path):
-        new = observe(Pool.load(path), router, embeddings, model, correct)
+    with locked(path, timeout=lock_timeout):
+        pool = router.check_pool(Pool.load(path), what=f"pool {path}")
+        new = observe(pool, router, embeddings, model, correct)
         new.save(path)  # a unique temp file in the folder, fsynced, then renamed over the old one
     return new

@@ -483,8 +483,11 @@ def kmeans(
     n_valid = int(np.count_nonzero(w))
     if n_clusters > n_valid:
         raise ValueError(f"n_clusters must be <= the number of points with positive weight ({n_valid}), got {n_clusters}")
-    if metric == "cosine" and not np.all(np.any(x != 0, axis=1) | (w <= 0)):
-        raise ValueError("x has an all-zero row, which has no direction under metric='cosine'")
+    if metric == "cosine":
+        zero = np.flatnonzero(~np.any(x != 0, axis=1) & (w > 0))  # zero-weight rows are padding
+        if zero.size:
+            raise ValueError(f"x has {zero.size} rows that are all zero (first: row {int(zero[0])}, all-zero), "
+                             "which have no direction under metric='cosine'")
     if init_sample is not None:
         init_sample = validation.positive_int(init_sample, "init_sample")
         if init_sample < n_clusters:

@@ -41,7 +41,9 @@ Options:
   seen, for each request left) stays within every budget it is charged to; the choice is the best
   score among the affordable ones, and the cheapest candidate when none is. With per-model costs
   the total stays within the budget whenever the budget covers the cheapest LLM for every request
-  of the horizon.
+  of the horizon (up to float rounding, 1e-6 of the budget). With per-request costs the reserve is
+  an average, so requests at the end whose cheapest candidate costs more than it can go over (by
+  at most 1e-4 of the budget in `benchmarks/budget_pacing.py` on routerbench_partial's prices).
 - `taper`: from this fraction of the budget spent, `lam_eff` ramps quadratically from `lam` to
   `span` as the spend reaches the budget: a soft landing onto the cheapest LLM instead of a
   cliff. `1.0` turns it off.

@@ -10,7 +10,8 @@ kind fails loudly instead of loading wrong numbers or routing to the wrong names
 Every file is written to a unique temporary file in the target folder, flushed to disk and renamed
 over the target, so a reader sees the old file or the new one, never a mix, and two writers never
 share a temporary file. `write_atomic` does this for any file; `filelock.locked` orders
-read-change-write cycles.
+read-change-write cycles. A symlink is followed to the file it names (`real_path`), a read-only
+file is never replaced, and the temporary files of writers killed mid-save are removed by a later save.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
 import stat
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -84,6 +88,75 @@ def npz_path(path: str | os.PathLike) -> Path:
     return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
+def real_path(path: str | os.PathLike) -> Path:
+    """`path` with its symlinks resolved, also a link to a file not written yet.
+
+    A replacement renames a temporary file over its target, and a rename over a symlink would
+    replace the link, not the file it names: every writer and its lock work on this path instead.
+    """
+    return Path(os.path.realpath(path))
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raises `PermissionError` if `path` exists and is read-only.
+
+    A rename needs write permission on the folder only, so without this check a file its owner
+    made read-only (chmod 0444) would be replaced all the same. Every save goes through here.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    # The mode bits, not only os.access: root may write to any file, but a 0444 file still means "keep".
+    if not st.st_mode & 0o222 or not os.access(path, os.W_OK):
+        raise PermissionError(f"{path} is read-only: make it writable or write to another file")
+
+
+STALE_AFTER_S = 86400.0
+"""A temporary file untouched this long is a leftover whoever wrote it: no save takes a day."""
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def _temp_prefix(path: Path) -> str:
+    # The writer's pid and host in the name tell a later save whether the writer still runs.
+    return f".{path.name}.{os.getpid()}-{_HOST}."
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill would end the process: age decides there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it runs, as another user
+        return True
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Removes the temporary files of `path` that no running writer holds.
+
+    A writer killed mid-save (kill -9, power cut) cannot remove its own. A temporary file is
+    stale when its writer, a process of this host, no longer runs, or when it is older than
+    `STALE_AFTER_S` (a reused pid, a writer on another host sharing the folder, or a name
+    written before the pid was kept in it). Other files are never touched.
+    """
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:(\d+)-([A-Za-z0-9-]*)\.)?[^.]+\.tmp")
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            found = pattern.fullmatch(entry.name)
+            if found is None:
+                continue
+            pid, host = found.groups()
+            with contextlib.suppress(OSError):
+                gone = pid is not None and host == _HOST and not _running(int(pid))
+                if gone or now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S:
+                    os.unlink(entry.path)
+
+
 def _new_file_mode(target: Path) -> int:
     # Keep the permissions of the file being replaced; a new file gets the usual 0o666 & ~umask.
     try:
@@ -99,15 +172,19 @@ def write_atomic(path: str | os.PathLike, mode: str = "wb", **open_kw) -> Iterat
     """Opens a unique temporary file next to `path`; on success it is synced and renamed to `path`.
 
     On any error (or Ctrl-C) the temporary file is removed and `path` is left as it was. The
-    replaced file's permission bits are kept.
+    replaced file's permission bits are kept. A symlink `path` stays a link: the file it names is
+    replaced (`real_path`). A read-only `path` is refused (`check_writable`), and temporary files
+    of `path` left by killed writers are removed first.
 
     Example:
       >>> with write_atomic("out.csv", "w", newline="") as f:   # doctest: +SKIP
       ...     f.write("a,b\\n")
     """
-    path = Path(path)
+    path = real_path(path)
+    check_writable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **open_kw) as f:
             yield f

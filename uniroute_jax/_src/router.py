@@ -186,9 +186,18 @@ class UniRouter:
         arrays, meta = self.feature_map.representation()
         return persistence.fingerprint(arrays, {**meta, "alpha": self.alpha})
 
-    def _check_pool(self, pool: Pool) -> None:
-        check_pool(pool, self.n_clusters)
-        persistence.check_fingerprint(pool.router_fingerprint, self.fingerprint, what="pool", other="this router")
+    def check_pool(self, pool: Pool, *, what: str = "pool", other: str = "this router",
+                   allow_empty: bool = False) -> Pool:
+        """Returns `pool` if it belongs to this router, else raises naming `what` and `other`.
+
+        It belongs when it has a row per LLM (unless `allow_empty`) over this router's clusters
+        and was built by this router (`fingerprint`; a pool saved before fingerprints were kept
+        passes). The one check of every path that takes a pool for a router: the methods here,
+        the command line and the LiteLLM plugin's reload of a pool file.
+        """
+        check_pool(pool, self.n_clusters, what=what, other=other, allow_empty=allow_empty)
+        persistence.check_fingerprint(pool.router_fingerprint, self.fingerprint, what=what, other=other)
+        return pool
 
     @property
     def centroids(self) -> np.ndarray:
@@ -231,6 +240,8 @@ class UniRouter:
         """
         seed = validation.positive_int(seed, "seed", minimum=0)
         x = validation.float_array(embeddings, "embeddings", ndim=2, copy=False)  # only read by kmeans
+        if metric == "cosine":
+            validation.embedding_rows(x, "embeddings")  # names the argument and the row
         _log(verbose, f"k-means: {x.shape[0]} prompts x {x.shape[1]} dims, K={n_clusters}, n_init={n_init}")
         start = time.perf_counter()
         res = kmeans(x, n_clusters, jax.random.key(seed), n_init=n_init, max_iter=max_iter, tol=tol, metric=metric,
@@ -356,7 +367,7 @@ class UniRouter:
 
     def estimates(self, embeddings: ArrayLike, pool: Pool) -> np.ndarray:
         """Estimated error `Phi(x) . Psi(h)`: `[n_prompts, n_models]`."""
-        self._check_pool(pool)
+        self.check_pool(pool)
         x = self._embeddings(embeddings)
         if self.feature_map.hard:
             return pool.psi.T[self.feature_map.assign(x)]
@@ -422,7 +433,7 @@ class UniRouter:
         if reference is None:
             reference = Pool.empty(self.n_clusters)
         elif len(reference):
-            self._check_pool(reference)
+            self.check_pool(reference)
         return represent_new(reference, pool, estimator)[0]
 
     def select_prompts(self, candidates: ArrayLike, n: int, pool: Pool | None = None, *,
@@ -441,7 +452,7 @@ class UniRouter:
         if strategy == "informative":
             if pool is None or len(pool) < 2:
                 raise ValueError("pool must hold at least two represented LLMs for strategy='informative'")
-            self._check_pool(pool)
+            self.check_pool(pool)
             est, ref = fit_estimator("prior", pool.counts, pool.error_sums, seed=seed), pool.psi
         return select_prompts(self.assign(candidates), n, strategy=strategy, n_clusters=self.n_clusters,
                               estimator=est, reference_psi=ref, seed=seed)
@@ -469,7 +480,7 @@ class UniRouter:
         Returns:
           `Routing(model, index, cluster)`, each `[n_prompts]`.
         """
-        self._check_pool(pool)
+        self.check_pool(pool)
         lam = validation.nonnegative_float(lam, "lam")
         mask = self._model_mask(pool, models)
         x = self._embeddings(embeddings)
@@ -506,7 +517,7 @@ class UniRouter:
         Under a hard map that is every prompt of the cluster, so routing is a lookup in this
         table; under a soft map it is the decision at each cluster's vertex of the simplex.
         """
-        self._check_pool(pool)
+        self.check_pool(pool)
         return self._table(pool, validation.nonnegative_float(lam, "lam"), self._model_mask(pool, models))
 
     def routing_table(self, pool: Pool, lam: float, *, models: Sequence[str] | None = None,
@@ -526,7 +537,7 @@ class UniRouter:
     def _units(self, embeddings: ArrayLike, pool: Pool, quality, prompt_costs, request_costs=None):
         """`(estimates [n_units, n_models], units, decision costs)`: one unit per cluster (hard map,
         per-model costs) or per prompt (soft map, or per-request costs)."""
-        self._check_pool(pool)
+        self.check_pool(pool)
         x = self._embeddings(embeddings)
         check_prompt_tables(x.shape[0], pool, quality=quality, prompt_costs=prompt_costs)
         if request_costs is not None:
@@ -641,7 +652,7 @@ class UniRouter:
         """Routes with a calibration from `calibrate`: each prompt takes the higher-cost decision
         with the calibrated probability, so the mean cost meets the target in expectation.
         `request_costs` ([n_prompts, n_models]) as in `route`."""
-        self._check_pool(pool)
+        self.check_pool(pool)
         x = self._embeddings(embeddings)
         phi, cluster = self._phi_and_clusters(x)
         est = pool.psi.T[cluster] if self.feature_map.hard else phi @ pool.psi.T
@@ -666,7 +677,7 @@ class UniRouter:
         Returns:
           Mean negative log-likelihood per label, in nats.
         """
-        self._check_pool(pool)
+        self.check_pool(pool)
         x = self._embeddings(embeddings)
         q, mask = check_quality(quality, "quality", x.shape[0], label_mask, "label_mask", len(pool))
         if not mask.any():

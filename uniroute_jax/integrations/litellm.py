@@ -63,11 +63,15 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     raise ImportError('uniroute_jax.integrations.litellm needs LiteLLM: pip install "uniroute-jax[litellm]"') from err
 
 from uniroute_jax._src import costs as costs_lib
-from uniroute_jax._src import feedback, validation
+from uniroute_jax._src import compile_cache, feedback, validation
 from uniroute_jax._src.curves import calibrate
-from uniroute_jax._src.embedding import embed_texts
+from uniroute_jax._src.data import read_lines
+from uniroute_jax._src.embedding import TextEmbedder, embed_texts
 from uniroute_jax._src.explain import Decision, decide
 from uniroute_jax._src.router import Pool, RoutingTable, UniRouter
+from uniroute_jax._src.pacing import lambda_span, warm_start
+from uniroute_jax.integrations import _budget
+from uniroute_jax.integrations._budget import Budget, budget_spend  # noqa: F401 (public here)
 
 logger = logging.getLogger("uniroute_jax.litellm")
 
@@ -156,9 +160,28 @@ class UniRoutePlugin:
       thompson: score with a draw from each estimate's Beta posterior instead of its mean.
       seed: seed of the Thompson draws and of the calibrated mix.
       check_every: seconds between checks of the files for changes (0 = every request).
-      embed_in_thread: run the embedder in a worker thread, off the event loop.
-      warm_up: load the embedder and compile its first shape in a background thread right away,
-        so the first request does not wait for it.
+      embed_in_thread: run the embedder in a worker thread, off the event loop (right for MiniLM,
+        milliseconds a prompt). The hop there and back costs about 0.1-0.3 ms, more on a busy
+        machine: pass False for an embedder that returns at once (precomputed vectors, a lookup).
+      warm_up: load the embedder and compile its forward pass for every prompt-length bucket in a
+        background thread right away, so no request waits for a compile. Compiled shapes go to
+        JAX's persistent compilation cache (`compile_cache`: `~/.cache/uniroute_jax/jax_cache`,
+        `UNIROUTE_COMPILATION_CACHE` to move it, `0` to turn it off), so a restart loads them.
+      budget: instead of `lam`, a spend budget whose `lambda` is paced online (`_budget`,
+        `pacing`): a number (with `expected_requests` and optional `budget_window` seconds) or a
+        `Budget(amount, horizon, window)` for every routed group, or group -> number / `Budget`
+        (names `"<metadata key>=<value>"` give one tenant its own). `calibration_prompts`, when
+        given, set the warm start (exact calibration) and the span of `lambda`; else the pool's
+        per-cluster estimates do.
+      budget_keys: metadata keys (e.g. `"user_api_key_team_id"`) whose values each get a budget
+        from `key_budget` (a number or a `Budget`) on first sight; a request is charged to all of
+        its budgets.
+      hard_cap: never spend past a budget (choose among the candidates it can still pay for).
+      taper: fraction of a budget spent from which `lambda` ramps to the cheapest model; 1 = off.
+      redis_url: share the budgets' state with other replicas through Redis (`redis_prefix` names
+        the keys; `redis_timeout` bounds each command, seconds); None keeps it in the process.
+      spend_from: `"response_cost"` (LiteLLM's bill after the call; the estimate when absent) or
+        `"estimate"` (the pool's costs: any unit).
     """
 
     def __init__(self, router: UniRouter | str | os.PathLike, pool: Pool | str | os.PathLike, *,
@@ -168,19 +191,42 @@ class UniRoutePlugin:
                  embedder: Callable[[Sequence[str]], Any] | None = None, use_system_prompt: bool = False,
                  prices: costs_lib.Prices | str | None = None, expected_output_tokens=None,
                  count_tokens: Callable[[str], int] | None = None, thompson: bool = False, seed: int = 0,
-                 check_every: float = 1.0, embed_in_thread: bool = True, warm_up: bool = False):
-        if (lam is None) == (target_cost is None):
-            raise ValueError("give exactly one of lam= or target_cost=")
+                 check_every: float = 1.0, embed_in_thread: bool = True, warm_up: bool = False,
+                 budget=None, expected_requests: float | None = None, budget_window: float | None = None,
+                 budget_keys: Sequence[str] = (), key_budget=None, hard_cap: bool = False, taper: float = 1.0,
+                 redis_url: str | None = None, redis_prefix: str = "uniroute:{budgets}:", redis_timeout: float = 0.2,
+                 spend_from: str = "response_cost"):
+        if sum(x is not None for x in (lam, target_cost, budget)) != 1:
+            raise ValueError("give exactly one of lam=, target_cost= or budget=")
+        # Budget arguments are checked here, once: a bad one is an error now, never per request.
+        self.budget = None if budget is None else _budget.budget_spec(
+            budget, expected_requests=expected_requests, budget_window=budget_window, budget_keys=budget_keys,
+            key_budget=key_budget, hard_cap=hard_cap, taper=taper, redis_url=redis_url, redis_prefix=redis_prefix,
+            redis_timeout=redis_timeout, spend_from=spend_from)
+        self._book: _budget.BudgetBook | None = None
+        self._book_lock = threading.Lock()
+        if self.budget is not None and budget_spend not in litellm.callbacks:
+            litellm.callbacks.append(budget_spend)  # corrects each charge to the call's bill
         self.lam = None if lam is None else validation.nonnegative_float(lam, "lam")
         self.target_cost = None if target_cost is None else validation.nonnegative_float(target_cost, "target_cost")
         if self.target_cost is not None:
             if calibration_prompts is None or isinstance(calibration_prompts, str) or not list(calibration_prompts):
                 raise ValueError("target_cost needs calibration_prompts: a non-empty list of sample texts")
             self.calibration_prompts = list(calibration_prompts)
+        elif self.budget is not None and calibration_prompts is not None:  # the warm start's sample
+            if isinstance(calibration_prompts, str) or not list(calibration_prompts):
+                raise ValueError("calibration_prompts must be a non-empty list of sample texts")
+            self.calibration_prompts = list(calibration_prompts)
         else:
             self.calibration_prompts = None
         if isinstance(model_groups, str):
             model_groups = [model_groups]
+        if self.budget is not None and self.budget.group_names() is not None:
+            missing = sorted(set(model_groups or ()) - set(self.budget.group_names()))
+            if missing:
+                raise ValueError(f"budget gives no budget to model groups {missing}; give every group in "
+                                 f"model_groups one, or one budget for all")
+            model_groups = self.budget.group_names() if model_groups is None else model_groups
         self.model_groups = None if model_groups is None else frozenset(model_groups)
         self.deployments = dict(deployments or {})
         self.default_model = default_model
@@ -211,13 +257,25 @@ class UniRoutePlugin:
         self._calibration_embeddings: np.ndarray | None = None
         self._version = 0
         self._reload(force=True)
+        # Compiled shapes outlive the process: a restarted proxy loads them instead of compiling.
+        compile_cache.enable()
+        self._warm_thread: threading.Thread | None = None
         if warm_up and self._snapshot is not None:
             dim = self._snapshot.router.dim
-            threading.Thread(target=self._warm_up, args=(dim,), name="uniroute-warm-up", daemon=False).start()
+            self._warm_thread = threading.Thread(target=self._warm_up, args=(dim,), name="uniroute-warm-up",
+                                                 daemon=False)
+            self._warm_thread.start()
 
     def _warm_up(self, dim: int) -> None:
         try:
             self._embed(["warm up"], dim)
+            if isinstance(self._embedder, TextEmbedder):
+                # Every length bucket at batch 1 (a request's shape), shortest first; stops between
+                # buckets once the main thread has ended, so a shutdown does not wait for the rest.
+                start = time.perf_counter()
+                n = self._embedder.warm_up((1,), stop=lambda: not threading.main_thread().is_alive())
+                logger.info("uniroute: embedder warmed up: %d prompt-length buckets in %.1f s", n,
+                            time.perf_counter() - start)
         except Exception as err:  # noqa: BLE001 - requests will fall back and log it again
             logger.warning("uniroute: embedder warm-up failed: %s: %s", type(err).__name__, err)
 
@@ -232,6 +290,11 @@ class UniRoutePlugin:
         `UNIROUTE_MODEL_GROUPS` (comma-separated); `UNIROUTE_DEFAULT_MODEL`;
         `UNIROUTE_USE_SYSTEM_PROMPT=1`; `UNIROUTE_THOMPSON=1`; `UNIROUTE_CHECK_EVERY` (seconds);
         `UNIROUTE_WARM_UP=0` to load the embedder on the first request instead of at start.
+        Instead of a lambda, a budget (`_budget.budget_env`): `UNIROUTE_BUDGET` (spend per group),
+        `UNIROUTE_EXPECTED_REQUESTS`, `UNIROUTE_BUDGET_WINDOW` (seconds), `UNIROUTE_BUDGET_KEYS`
+        (comma-separated metadata keys) with `UNIROUTE_KEY_BUDGET` (and
+        `UNIROUTE_KEY_EXPECTED_REQUESTS`), `UNIROUTE_HARD_CAP=1`, `UNIROUTE_TAPER`,
+        `UNIROUTE_REDIS_URL`, `UNIROUTE_REDIS_PREFIX`, `UNIROUTE_SPEND_FROM`.
         """
         env = os.environ if environ is None else environ
         missing = [k for k in ("UNIROUTE_ROUTER", "UNIROUTE_POOL") if not env.get(k)]
@@ -243,7 +306,11 @@ class UniRoutePlugin:
             path = env.get("UNIROUTE_CALIBRATION_PROMPTS")
             if not path:
                 raise ValueError("UNIROUTE_TARGET_COST needs UNIROUTE_CALIBRATION_PROMPTS (a .txt file, one prompt a line)")
-            kw["calibration_prompts"] = [l for l in Path(path).read_text(encoding="utf-8").splitlines() if l.strip()]
+            kw["calibration_prompts"] = [l for l in read_lines(path) if l.strip()]  # "\n" ends a prompt, not U+2028
+        elif env.get("UNIROUTE_BUDGET"):
+            kw.update(_budget.budget_env(env))
+            if env.get("UNIROUTE_CALIBRATION_PROMPTS"):  # the warm start's sample
+                kw["calibration_prompts"] = [l for l in read_lines(env["UNIROUTE_CALIBRATION_PROMPTS"]) if l.strip()]
         else:
             kw["lam"] = float(env.get("UNIROUTE_LAM", "0"))
         if env.get("UNIROUTE_MODEL_GROUPS"):
@@ -273,10 +340,7 @@ class UniRoutePlugin:
                 return
             router = self._router_src if isinstance(self._router_src, UniRouter) else UniRouter.load(self._router_src)
             pool = self._pool_src if isinstance(self._pool_src, Pool) else Pool.load(self._pool_src)
-            if pool.n_clusters != router.n_clusters:
-                raise ValueError(f"pool has {pool.n_clusters} clusters but the router has {router.n_clusters}")
-            if len(pool) == 0:
-                raise ValueError("pool is empty")
+            router.check_pool(pool)  # rows, clusters and fingerprint: the check `uniroute route` applies
             if not router.feature_map.hard:
                 raise ValueError("the LiteLLM component serves k-means routers (per-cluster estimates and "
                                  "posteriors); this router has a learned soft map")
@@ -313,8 +377,6 @@ class UniRoutePlugin:
         if self._embedder is None:
             with self._embedder_lock:
                 if self._embedder is None:
-                    from uniroute_jax._src.embedding import TextEmbedder  # noqa: PLC0415 (optional deps)
-
                     self._embedder = TextEmbedder(cache=False, progress=False, download=False)
         return embed_texts(list(texts), self._embedder, dim=dim)
 
@@ -403,7 +465,8 @@ class UniRoutePlugin:
     # ------------------------------------------------------------------------- deciding
 
     def decision(self, text: str, embedding: np.ndarray, snap: _Snapshot, rows: list[int],
-               deployment_models: list[str]) -> tuple[Decision, dict[str, Any]]:
+               deployment_models: list[str], *, group: str | None = None,
+               metadata: Mapping | None = None) -> tuple[Decision, dict[str, Any]]:
         """The decision for one request (host side) and extra trace fields."""
         cluster = int(snap.clusters.rows(embedding)[0])
         extra: dict[str, Any] = {}
@@ -412,7 +475,7 @@ class UniRoutePlugin:
             lam = cal.lam_high_cost if self._rng.random() < cal.p_high else cal.lam_low_cost
             extra["target_cost"] = cal.target_cost
         else:
-            lam = self.lam
+            lam = self.lam  # None with a budget: the pacer sets it below
         if snap.beta is not None:
             a, b = snap.beta
             error = feedback.sample_psi(a[rows, cluster], b[rows, cluster], self._np_rng)
@@ -421,7 +484,42 @@ class UniRoutePlugin:
             error = snap.pool.psi[rows, cluster]
         cost = self._costs(snap, rows, deployment_models, [text])[0]
         names = [snap.pool.names[r] for r in rows]
-        return decide(cluster, names, error, cost, lam), extra
+        if self.budget is None:
+            return decide(cluster, names, error, cost, lam), extra
+        book = self._budget_book(snap, rows, deployment_models)
+        charged = book.names_for(group, metadata)
+        if not charged:
+            raise ValueError(f"no budget applies to this request of group {group!r}")
+        # The budgets' lambda and choice (hard cap among the affordable); the estimate is charged now.
+        paced = book.decide(error, cost, charged)
+        extra.update(capped=paced["capped"], spent=paced["spent"], budget_left=paced["budget_left"],
+                     charge=paced["charge"])
+        if self.budget.redis_url is not None:
+            extra["failed_writes"] = book.failed_writes
+        return decide(cluster, names, error, cost, paced["lam"])._replace(model=names[paced["index"]]), extra
+
+    def _budget_book(self, snap: _Snapshot, rows: list[int], deployment_models: list[str]) -> _budget.BudgetBook:
+        """The budgets, built on the first budgeted request: span and warm start measured on a sample."""
+        if self._book is not None:
+            return self._book
+        with self._book_lock:
+            if self._book is None:
+                if self.calibration_prompts is not None:  # the traffic sample: the exact calibration's
+                    if self._calibration_embeddings is None or self._calibration_embeddings.shape[1] != snap.router.dim:
+                        self._calibration_embeddings = self._embed(self.calibration_prompts, snap.router.dim)
+                    clusters = snap.clusters.rows(self._calibration_embeddings)
+                    errors = snap.pool.psi[np.ix_(rows, clusters)].T
+                    costs = self._costs(snap, rows, deployment_models, self.calibration_prompts)
+                else:  # no sample: each cluster once, at the costs of an empty prompt
+                    errors = snap.pool.psi[rows].T
+                    costs = self._costs(snap, rows, deployment_models, [""])[0]
+                errors, costs = np.asarray(errors, np.float64), np.asarray(costs, np.float64)
+                span = lambda_span(errors, costs)
+                self._book = _budget.BudgetBook(self.budget, span=span, lam0_at=lambda r: warm_start(errors, costs, r))
+                logger.info("uniroute: budgets paced with lambda in [0, %g], warm start from %s", span,
+                            f"{len(self.calibration_prompts)} sample prompts" if self.calibration_prompts
+                            else "the pool's per-cluster estimates")
+        return self._book
 
     async def run(self, context: RoutingContext) -> RoutingContext:
         """The routing-plugin entry point: narrows `context.candidate_models` to UniRoute's choice."""
@@ -444,17 +542,22 @@ class UniRoutePlugin:
                                use_system_prompt=self.use_system_prompt)
             if text is None:
                 raise ValueError("the request has no user message text to route on")
+            embed_start = time.perf_counter()
             if self.embed_in_thread:
                 embedding = await asyncio.to_thread(self._embed, [text], snap.router.dim)
             else:
                 embedding = self._embed([text], snap.router.dim)
-            decision, extra = self.decision(text, embedding, snap, rows, kept)
+            embed_s = time.perf_counter() - embed_start
+            decision, extra = self.decision(text, embedding, snap, rows, kept, group=group, metadata=context.metadata)
         except Exception as err:  # noqa: BLE001 - never drop a request over routing
             return self._fall_back(context, group, f"{type(err).__name__}: {err}")
         deployment = kept[decision.names.index(decision.model)]
         context.candidate_models = [deployment]
+        if "charge" in extra:  # what the budgets were charged, for `budget_spend` after the call
+            context.signals[_budget.CHARGE_SIGNAL] = extra.pop("charge")
         trace = {**decision.as_dict(), "deployment": deployment, "group": group, "pool_version": snap.version,
-                 "fallback": None, "decision_ms": round(1e3 * (time.perf_counter() - start), 3), **extra}
+                 "fallback": None, "decision_ms": round(1e3 * (time.perf_counter() - start - embed_s), 3),
+                 "embed_ms": round(1e3 * embed_s, 3), **extra}
         context.signals[SIGNAL] = trace
         if logger.isEnabledFor(logging.INFO):
             logger.info("uniroute: %s", json.dumps(trace, separators=(",", ":")))
@@ -473,6 +576,13 @@ class UniRoutePlugin:
             context.candidate_models = [target]
         context.signals[SIGNAL] = {"fallback": reason, "model": self.default_model if target else None,
                                    "deployment": target, "group": group}
+        if self._book is not None:  # no decision, but the call's bill still counts against the budgets
+            try:
+                names = self._book.names_for(group, context.metadata)
+                if names:
+                    context.signals[_budget.CHARGE_SIGNAL] = self._book.fallback_charge(names)
+            except Exception as err:  # noqa: BLE001 - never drop a request over a budget
+                logger.warning("uniroute: budget not charged for a fallback: %s: %s", type(err).__name__, err)
         logger.warning("uniroute: routing failed for group %r (%s); sending to %s", group, reason,
                        target or "the group's own strategy")
         return context
