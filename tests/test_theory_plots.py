@@ -1,11 +1,13 @@
 """The one-command run of the theory package (`uniroute theory --quick`, `python -m theory.plots`)."""
 
+import dataclasses
 import json
 
 import jax
+import numpy as np
 import pytest
 
-from theory import bayes, plots
+from theory import bayes, bounds, plots
 from uniroute_jax._src.cli import main as cli_main
 
 FIGURES = ("frontier.png", "prop1_check.png", "prop2_vs_heterogeneity.png", "prop2_vs_k.png", "prop2_scatter.png",
@@ -108,3 +110,134 @@ def test_verdicts_fail_a_theorem_only_when_its_margin_is_negative():
     paper = plots.verdicts(_summary_with(paper_margin=-0.02))
     assert not plots.failed_theorems({"verdicts": paper})
     assert [v["holds"] for v in paper if v["check"].startswith("Proposition 2, paper, own")] == [False]
+
+
+# Each theorem check, and a change to the smallest summary that violates just that check.
+def _violate(path, value):
+    def apply(s):
+        *keys, last = path
+        d = s
+        for k in keys:
+            d = d[k]
+        d[last] = value
+    return apply
+
+
+THEOREM_VIOLATIONS = {
+    "Proposition 1: the lambda sweep lies on the exact LP frontier (dynamic pools)":
+        _violate(("prop1", "dynamic_pools", "max_abs_dual_gap"), 2e-6),
+    "Proposition 1: the lambda sweep lies on the exact LP frontier (single pools)":
+        _violate(("prop1", "instances", 0, "max_abs_frontier_gap"), 2e-6),
+    "Proposition 1: no random or perturbed router beats the exact frontier":
+        lambda s: s["prop1"]["dynamic_pools"].update(perturbed_bayes_min_gap=-1e-8, n_routers_beating_frontier=1),
+    "Proposition 1: one shared lambda is no worse than splitting the budget per pool":
+        _violate(("prop1", "dynamic_pools", "split_budget_min_extra_error"), -1e-6),
+    "Proposition 2: the excess risk is never negative": _violate(("prop2", "min_excess_over_lambda"), -1e-3),
+    "Proposition 2: no excess with zero heterogeneity and the true clusters":
+        _violate(("prop2", "zero_heterogeneity_true_clusters_max_excess"), 1e-3),
+    **{f"Proposition 2, {plots.READINGS[r]}": (lambda r: lambda s: s["prop2"]["all"][r].update(
+        min_margin=-1e-3, hold_rate=0.99))(r) for r in ("one_sided", "range_bound", "corrected")},
+    "Finite-sample bound, deterministic form: holds on every validation draw":
+        _violate(("finite_sample", "oracle_bound_min_margin"), -1e-3),
+    "Finite-sample bound: coverage >= 1 - delta (3 binomial standard errors)":
+        lambda s: s["finite_sample"].update(min_coverage_minus_tolerance=-0.01, min_coverage_minus_nominal=-0.08),
+}
+
+
+def test_every_theorem_check_has_a_violation_below():
+    theorems = [v["check"] for v in plots.verdicts(_summary_with()) if v["theorem"]]
+    assert sorted(theorems) == sorted(THEOREM_VIOLATIONS)
+
+
+@pytest.mark.parametrize("check", list(THEOREM_VIOLATIONS))
+def test_each_violated_theorem_fails_its_verdict_and_the_run(check, tmp_path, monkeypatch, capsys):
+    s = _summary_with()
+    THEOREM_VIOLATIONS[check](s)
+    s["verdicts"] = plots.verdicts(s)
+    failed = plots.failed_theorems(s)
+    assert [v["check"] for v in failed] == [check]  # that one, and no other
+    assert failed[0]["margin"] < 0 and not failed[0]["holds"]
+    # Both entry points exit 1 and name the failing check.
+    monkeypatch.setattr(plots, "run_all", lambda out, **kw: s)
+    assert plots.main(["--out", str(tmp_path), "--quick"]) == 1
+    assert cli_main(["theory", "--quick", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.count(f"FAILS: {check}") == 2
+
+
+# ------------------------------------------------------------- summaries of synthetic studies
+
+
+def _finite_sample_study(rng, n_vals=(50, 200), n_inst=4, n_draws=25, deltas=(0.05, 0.1, 0.5)):
+    """Arrays shaped as `run_finite_sample` returns them, the bound holding on every draw."""
+    shape = (len(n_vals), n_inst, n_draws)
+    excess = rng.uniform(0.0, 0.1, shape)
+    bound = excess[..., None] + rng.uniform(0.01, 0.2, shape + (len(deltas),))
+    return {"n_val": np.array(n_vals), "excess": excess, "excess_population": excess, "bound": bound,
+            "bound_max": bound, "event": np.ones(bound.shape, bool), "oracle_bound": excess + 0.05}
+
+
+def _coverage_margin_twin(fs, deltas):
+    """Least over (N_val, delta) of coverage - (1 - delta) + 3 binomial standard errors, in NumPy."""
+    out = np.inf
+    for i in range(len(fs["n_val"])):
+        for j, d in enumerate(deltas):
+            held = fs["bound"][i, ..., j] >= fs["excess"][i] - bounds.HOLD_TOL
+            out = min(out, held.mean() - (1 - d) + 3 * np.sqrt(d * (1 - d) / held.size))
+    return out
+
+
+def test_a_coverage_shortfall_in_the_finite_sample_study_fails_its_verdict():
+    deltas = (0.05, 0.1, 0.5)
+    run = dataclasses.replace(plots.QUICK, n_fs_instances=4, n_draws=25, n_vals=(50, 200), deltas=deltas)
+    rng = np.random.default_rng(0)
+    fs = _finite_sample_study(rng, deltas=deltas)
+    s = _summary_with()
+    s["finite_sample"] = plots.summarise_finite(fs, run)
+    assert all(v["holds"] for v in plots.verdicts(s) if v["theorem"])
+    # The bound misses the excess on 70 of the 100 draws at N_val = 200, delta = 0.5: coverage 0.3,
+    # 0.2 below nominal and 0.05 below the three-standard-error tolerance.
+    miss = rng.permutation(fs["excess"][1].size)[:70]
+    b = fs["bound"][1, ..., 2].reshape(-1)
+    b[miss] = fs["excess"][1].reshape(-1)[miss] - 1e-3
+    fs["bound"][1, ..., 2] = b.reshape(fs["excess"][1].shape)
+    s["finite_sample"] = plots.summarise_finite(fs, run)
+    twin = _coverage_margin_twin(fs, deltas)
+    assert twin == pytest.approx(0.3 - 0.5 + 3 * 0.05)
+    assert s["finite_sample"]["min_coverage_minus_tolerance"] == pytest.approx(twin)
+    failed = plots.failed_theorems({"verdicts": plots.verdicts(s)})
+    assert [(v["check"], v["margin"]) for v in failed] == [
+        ("Finite-sample bound: coverage >= 1 - delta (3 binomial standard errors)", pytest.approx(twin))]
+    # The deterministic form, when its bound is below the excess on one draw.
+    fs["oracle_bound"][0, 3, 7] = fs["excess"][0, 3, 7] - 1e-3
+    failed = plots.failed_theorems({"verdicts": plots.verdicts(dict(s, finite_sample=plots.summarise_finite(fs, run)))})
+    assert "Finite-sample bound, deterministic form: holds on every validation draw" in [v["check"] for v in failed]
+
+
+def _prop2_records(rng):
+    """Records shaped as `run_prop2` returns them, every reading's bound above the excess."""
+    n = 4 * len(plots.HET_GRID)
+    excess = rng.uniform(0.0, 0.05, n)
+    rec = {"regime": np.array(["easy", "hard"] * (n // 2)), "clustering": np.array(["true", "kmeans8"] * (n // 2)),
+           "n_clusters": np.full(n, 8), "heterogeneity": np.tile(plots.HET_GRID, 4),
+           "cost_power": np.resize(plots.COST_POWERS, n), "pool_size": np.resize(plots.POOL_SIZES, n),
+           "excess": excess, "min_excess": excess / 2}
+    rec.update({r: excess + rng.uniform(0.001, 0.1, n) for r in plots.READINGS})
+    # Zero heterogeneity with the true clusters: Proposition 2 leaves no excess.
+    zero = (rec["heterogeneity"] == 0) & (rec["clustering"] == "true")
+    rec["excess"][zero] = rec["min_excess"][zero] = 0.0
+    return rec
+
+
+@pytest.mark.parametrize("reading", ["one_sided", "range_bound", "corrected"])
+def test_a_proven_reading_below_the_excess_on_one_instance_fails_its_verdict(reading):
+    rec = _prop2_records(np.random.default_rng(1))
+    s = _summary_with()
+    s["prop2"] = plots.summarise_prop2(rec)
+    assert all(v["holds"] for v in plots.verdicts(s) if v["theorem"])
+    rec[reading][5] = rec["excess"][5] - 1e-3
+    s["prop2"] = plots.summarise_prop2(rec)
+    assert s["prop2"]["all"][reading]["min_margin"] == pytest.approx(-1e-3)
+    assert s["prop2"]["all"][reading]["hold_rate"] == pytest.approx(1 - 1 / rec["excess"].size)
+    failed = plots.failed_theorems({"verdicts": plots.verdicts(s)})
+    assert [v["check"] for v in failed] == [f"Proposition 2, {plots.READINGS[reading]}"]
+    assert failed[0]["margin"] == pytest.approx(-1e-3 + bounds.HOLD_TOL)

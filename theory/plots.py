@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import uniroute_jax as ur  # noqa: E402
-from theory import bayes, bounds, experiments, meta  # noqa: E402
+from theory import bayes, bounds, experiments, meta, pacing  # noqa: E402
 from theory.baselines import prompt_agnostic_frontier  # noqa: E402
 
 HET_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -576,6 +576,8 @@ def verdicts(s: dict[str, Any]) -> list[dict[str, Any]]:
                  fs["min_coverage_minus_tolerance"],
                  f"smallest coverage - nominal = {fs['min_coverage_minus_nominal']:+.3f}"),
     ]
+    if "pacing" in s:  # online budget pacing: target "fixed" is the theorem, "remaining" is reported
+        out += pacing.verdicts(s["pacing"])
     return out
 
 
@@ -646,6 +648,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
                      f"{v['median_bound_delta_0.1']:.3f} | {_fmt(v['median_ratio_bound_over_excess_delta_0.1'])} |")
     lines += ["", f"Smallest (coverage - nominal) over all N_val and delta: "
               f"{fs['min_coverage_minus_nominal']:+.3f}.", ""]
+    if "pacing" in s:
+        lines += pacing.summary_lines(s["pacing"])
     if "verdicts" in s:
         lines += ["## Verdicts", "", "Margin: slack when positive, size of the violation when negative.", "",
                   "| check | theorem | verdict | margin | detail |", "|---|---|---|---|---|"]
@@ -689,6 +693,8 @@ def run_all(out_dir: str, *, quick: bool = False, seed: int = 0, verbose: bool =
     plot_scatter(rec, os.path.join(out_dir, "prop2_scatter.png"))
     plot_vs_nval(fs, run, os.path.join(out_dir, "prop2_vs_nval.png"))
     plot_coverage(fs, run, os.path.join(out_dir, "finite_sample_coverage.png"))
+    pac = pacing.run_study(pacing.QUICK if quick else pacing.FULL, seed, log)
+    pacing.plot(pac, os.path.join(out_dir, "pacing_regret.png"))
     log("figures written")
 
     summary = {
@@ -702,6 +708,7 @@ def run_all(out_dir: str, *, quick: bool = False, seed: int = 0, verbose: bool =
         "prop1": p1["summary"],
         "prop2": summarise_prop2(rec),
         "finite_sample": summarise_finite(fs, run),
+        "pacing": pac,
     }
     summary["verdicts"] = verdicts(summary)
     summary["wall_seconds"] = time.time() - t0

@@ -79,6 +79,9 @@ from uniroute_jax._src.routing import make_units
 TARGETS = ("remaining", "fixed")
 FLOOR = 1e-6
 """The smallest `lam`, as a share of `span`: a multiplicative step needs `lam > 0` to move."""
+COLD_START = math.sqrt(FLOOR)
+"""Start without a warm start, as a share of `span`: the middle of `lam`'s range on the log scale,
+so that it reaches either end in the same number of steps. `warm_start` is much better."""
 
 
 class PacerParams(NamedTuple):
@@ -258,7 +261,7 @@ def replay(
     *,
     model_masks: ArrayLike | None = None,
     etas: ArrayLike = 1.0,
-    lam0: ArrayLike = 0.0,
+    lam0: ArrayLike | None = None,
     spans: ArrayLike = 1.0,
     tapers: ArrayLike = 1.0,
     hard_cap: bool = False,
@@ -281,7 +284,8 @@ def replay(
       budgets: [n_settings] (or scalar) spend allowed over the stream, > 0.
       model_masks: optional [n_settings, max_models] bool pools (default: every model).
       etas: [n_settings] (or scalar) step-size multipliers, >= 0 (0 = a fixed lambda).
-      lam0: [n_settings] (or scalar) starting lambda in the user's units (`warm_start`).
+      lam0: [n_settings] (or scalar) starting lambda in the user's units (`warm_start`); None:
+        `COLD_START * spans`.
       spans: [n_settings] (or scalar) lambda in the user's units above which every prompt goes to
         its cheapest model (`lambda_span`), > 0.
       tapers: [n_settings] (or scalar) taper start as a fraction of the budget, in (0, 1].
@@ -317,7 +321,8 @@ def replay(
     tapers = _per_setting(tapers, "tapers", n, positive=True)
     if np.any(tapers > 1):
         raise ValueError(f"tapers must be in (0, 1] (1 = no taper), got {tapers.max()}")
-    etas, lam0 = _per_setting(etas, "etas", n), _per_setting(lam0, "lam0", n)
+    etas = _per_setting(etas, "etas", n)
+    lam0 = COLD_START * spans if lam0 is None else _per_setting(lam0, "lam0", n)
     validation.choice(target, "target", TARGETS)
     update_every = validation.positive_int(update_every, "update_every")
     rho = budgets / horizon  # the kernel keeps lam normalised: lam * rho
@@ -428,7 +433,7 @@ class Pacer:
       span: `lambda` (user's cost units) above which every request goes to its cheapest model
         (`lambda_span` on a sample), > 0.
       lam0: starting `lambda` (user's units): one number, or name -> number (`warm_start` at each
-        budget's rate); default 0.
+        budget's rate); a budget without one starts at `COLD_START * span`.
       eta: step-size multiplier (module docstring), >= 0.
       taper: fraction of a budget spent where the taper starts, in (0, 1]; 1 = off.
       hard_cap: never spend past a budget (see the module docstring).
@@ -442,7 +447,7 @@ class Pacer:
       >>> pacer.charge(0.012, cheapest_cost=0.0001)
     """
 
-    def __init__(self, budgets: Budget | Mapping[str, Budget], *, span: float, lam0: float | Mapping[str, float] = 0.0,
+    def __init__(self, budgets: Budget | Mapping[str, Budget], *, span: float, lam0: float | Mapping[str, float] | None = None,
                  eta: float = 1.0, taper: float = 1.0, hard_cap: bool = False, target: str = "remaining",
                  update_every: int = 1, clock=time.time):
         if isinstance(budgets, Budget):
@@ -462,13 +467,15 @@ class Pacer:
         self.update_every = validation.positive_int(update_every, "update_every")
         self.clock = clock
         self.names = tuple(self.budgets)
+        cold = COLD_START * self.span
         if isinstance(lam0, Mapping):
             unknown = sorted(set(lam0) - set(self.names))
             if unknown:
                 raise ValueError(f"lam0 names budgets {unknown} that are not among {list(self.names)}")
-            start = [validation.nonnegative_float(lam0.get(n, 0.0), f"lam0[{n!r}]") for n in self.names]
+            start = [validation.nonnegative_float(lam0[n], f"lam0[{n!r}]") if n in lam0 else cold
+                     for n in self.names]
         else:
-            start = [validation.nonnegative_float(lam0, "lam0")] * len(self.names)
+            start = [cold if lam0 is None else validation.nonnegative_float(lam0, "lam0")] * len(self.names)
         self.params = self._params()
         self.state = init_state(clip_lam(np.asarray(start) * rate(self.params), self.params))
         now = self.clock()
@@ -482,14 +489,15 @@ class Pacer:
         n = len(b)
         return PacerParams(amount, horizon, self.span * rho, np.full(n, self.eta), np.full(n, self.taper))
 
-    def add_budget(self, name: str, budget: Budget, *, lam0: float = 0.0) -> None:
+    def add_budget(self, name: str, budget: Budget, *, lam0: float | None = None) -> None:
         """Adds a budget (a new tenant, say), starting at `lam0` (user's units)."""
         if name in self.budgets:
             raise ValueError(f"budget {name!r} already exists")
         self.budgets[name] = _check_budget(name, budget)
         self.names = tuple(self.budgets)
         self.params = self._params()
-        lam = float(clip_lam(validation.nonnegative_float(lam0, "lam0") * rate(self.params)[-1],
+        lam0 = COLD_START * self.span if lam0 is None else validation.nonnegative_float(lam0, "lam0")
+        lam = float(clip_lam(lam0 * rate(self.params)[-1],
                              self.params._replace(span=self.params.span[-1])))
         self.state = PacerState(*(np.append(f, v) for f, v in zip(self.state[:5], (lam, 0.0, 0.0, 0.0, 0.0))),
                                 self.state.steps)
