@@ -596,6 +596,161 @@ def _seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {value!r}") from None
 
 
+def read_rows(path: str, name: str) -> list[dict]:
+    """Rows of a `.csv` (with a header) or `.jsonl` (one object a line) file, as dicts."""
+    from uniroute_jax._src.data import read_lines, utf8_error
+
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{name}: no such file {path}")
+    try:
+        if p.suffix == ".jsonl":
+            rows = []
+            for i, line in enumerate(read_lines(p), 1):
+                if line.strip():
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise CLIError(f"{name}: {path} line {i} is not JSON: {err}") from None
+                    if not isinstance(obj, dict):
+                        raise CLIError(f"{name}: {path} line {i} is not a JSON object")
+                    rows.append(obj)
+            return rows
+        if p.suffix == ".csv":
+            with open(p, newline="", encoding="utf-8-sig") as f:
+                return list(csv.DictReader(f))
+    except UnicodeDecodeError:
+        raise CLIError(f"{name}: {utf8_error(p)}") from None
+    except ValueError as err:  # read_lines's
+        raise CLIError(f"{name}: {err}") from None
+    raise CLIError(f"{name}: unsupported file type {p.suffix!r} for {path} (use .csv or .jsonl)")
+
+
+def _quality(value, name: str, where: str) -> float:
+    """A quality cell: a number in [0, 1], or nan for a blank cell (no outcome)."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "nan", "NaN")):
+        return float("nan")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise CLIError(f"{name}: {where} 'correct' is not a number: {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise CLIError(f"{name}: {where} 'correct' is {v:g}, expected a value in [0, 1]")
+    return v
+
+
+def _prompts_or_clusters(path: str, name: str, args, router) -> np.ndarray:
+    """Prompts of `uniroute drift`: texts (.jsonl/.txt, embedded), embeddings [n, dim] or cluster ids [n]."""
+    if Path(path).suffix in (".jsonl", ".txt"):
+        return _embed_texts(read_texts(path), args)
+    return read_matrix(path, name, key="embeddings")
+
+
+def _drift_outcomes(path: str, n_served: int, pool) -> tuple[list[str], np.ndarray]:
+    """`(models, correct)` of `--outcomes`: rows with `model` and `correct`, in the order of the served
+    prompts, or each naming its served prompt's row in a `prompt` column (the others get none)."""
+    rows = read_rows(path, "outcomes")
+    if not rows:
+        raise CLIError(f"outcomes: {path} holds no row")
+    missing = [c for c in ("model", "correct") if c not in rows[0]]
+    if missing:
+        raise CLIError(f"outcomes: {path} has no {missing[0]!r} field (give 'model' and 'correct', "
+                       "optionally 'prompt')")
+    models, correct = [pool.names[0]] * n_served, np.full(n_served, np.nan)
+    if "prompt" in rows[0]:
+        for j, r in enumerate(rows, 1):
+            try:
+                i = int(r["prompt"])
+            except (TypeError, ValueError):
+                raise CLIError(f"outcomes: row {j} 'prompt' is not a row number: {r['prompt']!r}") from None
+            if not 0 <= i < n_served:
+                raise CLIError(f"outcomes: row {j} 'prompt' is {i}, but --served has {n_served} prompts")
+            if not np.isnan(correct[i]):
+                raise CLIError(f"outcomes: served prompt {i} has more than one outcome")
+            models[i], correct[i] = str(r["model"]), _quality(r["correct"], "outcomes", f"row {j}")
+    else:
+        if len(rows) != n_served:
+            raise CLIError(f"outcomes: {path} has {len(rows)} rows but --served has {n_served} prompts "
+                           "(or give a 'prompt' column naming each row's prompt)")
+        models = [str(r["model"]) for r in rows]
+        correct = np.array([_quality(r["correct"], "outcomes", f"row {j}") for j, r in enumerate(rows, 1)])
+    return models, correct
+
+
+def _add_drift_parser(sub) -> None:
+    """Registers `uniroute drift` on an argparse sub-parser collection."""
+    d = sub.add_parser("drift", help="compare served traffic with the validation set: cluster mix and calibration")
+    d.add_argument("--router", "-r", required=True)
+    d.add_argument("--pool", "-p", required=True)
+    d.add_argument("--served", required=True,
+                   help="served prompts: embeddings [n, dim] (.npy/.npz/.csv), cluster ids [n], or texts (.jsonl/.txt)")
+    d.add_argument("--validation", required=True, help="the validation prompts the pool was estimated on, the same way")
+    d.add_argument("--outcomes", help="served outcomes (.csv/.jsonl): 'model' and 'correct' per served prompt "
+                                      "(in order, or with a 'prompt' row column); blank correct = none")
+    d.add_argument("--plot", help="PNG to write: cluster mix and calibration")
+    d.add_argument("--psi-threshold", type=float, default=0.2, help="PSI from which the mix has moved (default 0.2)")
+    d.add_argument("--alpha", type=float, default=0.05, help="significance level of the tests (default 0.05)")
+    d.add_argument("--level", type=float, default=0.95, help="level of the observed-error intervals (default 0.95)")
+    d.add_argument("--fail-on-drift", action="store_true",
+                   help="exit with status 1 when the mix moved or a cell is miscalibrated (for a scheduled check)")
+    d.add_argument("--model-dir", help="embedding model folder for texts (default: installed package)")
+    d.add_argument("--truncation", choices=["head", "tail", "head_tail"], help="how long prompts are cut")
+    d.set_defaults(func=_cmd_drift)
+
+
+def _cmd_drift(args) -> int:
+    """`uniroute drift`: prints the drift report (and writes its plot)."""
+    from uniroute_jax._src.drift import drift_report, plot_drift
+
+    check_output(args.plot, "--plot", {"--router": args.router, "--pool": args.pool, "--served": args.served,
+                                       "--validation": args.validation, "--outcomes": args.outcomes})
+    router, pool = _load_router_pool(args)
+    served = _prompts_or_clusters(args.served, "served", args, router)
+    val = _prompts_or_clusters(args.validation, "validation", args, router)
+    outcomes = None if args.outcomes is None else _drift_outcomes(args.outcomes, served.shape[0], pool)
+    report = drift_report(router, pool, served, val, outcomes=outcomes, psi_threshold=args.psi_threshold,
+                          alpha=args.alpha, level=args.level)
+    print(report.summary())
+    if args.plot:
+        print(f"plot written to {plot_drift(report, args.plot)}")
+    return 1 if args.fail_on_drift and (report.mix_moved or report.miscalibrated.any()) else 0
+
+
+def _add_shadow_report_parser(sub) -> None:
+    """Registers `uniroute shadow-report` on an argparse sub-parser collection."""
+    s = sub.add_parser("shadow-report", help="what UniRoute would have changed: agreement, cost and quality of a "
+                                             "shadow-mode log")
+    s.add_argument("log", help="the shadow log: the plugin's JSONL file, or log lines holding 'uniroute shadow: {...}'")
+    s.add_argument("--pool", "-p", help="pool file for costs and error estimates (default: those logged)")
+    s.add_argument("--outcomes", help="outcomes of the served answers (.csv/.jsonl): 'request_id' and 'correct'")
+    s.add_argument("--level", type=float, default=0.95, help="interval probability (default 0.95)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    s.set_defaults(func=_cmd_shadow_report)
+
+
+def _cmd_shadow_report(args) -> int:
+    """`uniroute shadow-report`: prints the report of a shadow log."""
+    from uniroute_jax._src.pool import Pool
+    from uniroute_jax._src.shadow import read_shadow_log, shadow_report
+
+    if not Path(args.log).is_file():
+        raise CLIError(f"log: no such file {args.log}")
+    records = read_shadow_log(args.log)
+    pool = None if args.pool is None else Pool.load(args.pool, upgrade=True)
+    outcomes = None
+    if args.outcomes is not None:
+        rows = read_rows(args.outcomes, "outcomes")
+        if rows and any(c not in rows[0] for c in ("request_id", "correct")):
+            raise CLIError(f"outcomes: {args.outcomes} needs the fields 'request_id' and 'correct'")
+        outcomes = {}
+        for j, r in enumerate(rows, 1):
+            v = _quality(r["correct"], "outcomes", f"row {j}")
+            if not np.isnan(v):
+                outcomes[str(r["request_id"])] = v
+    print(shadow_report(records, pool=pool, outcomes=outcomes, level=args.level, seed=args.seed).summary())
+    return 0
+
+
 LOCK_TIMEOUT_HELP = ("seconds to wait while another process holds the pool's lock, then give up (exit 2); "
                      "default: wait, naming the holder after a second")
 
@@ -710,6 +865,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_explain_parser(sub)
     _add_observe_parser(sub)
+    _add_drift_parser(sub)
+    _add_shadow_report_parser(sub)
     return p
 
 

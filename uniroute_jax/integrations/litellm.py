@@ -24,6 +24,11 @@ request is never dropped. Router and pool files are re-read when they change on 
 them atomically, e.g. with `Pool.save`, `uniroute add-model` or `uniroute observe`): adding an LLM is a new pool row plus a
 deployment, no restart.
 
+Shadow mode (`shadow=True`, `UNIROUTE_SHADOW=1`) decides every request the same way but leaves
+the candidates to the group's own strategy; after each call `shadow_record` logs UniRoute's
+choice beside the deployment that answered (and appends it to `shadow_log`, a JSONL file), and
+`uniroute shadow-report LOG` says what enforcing it would change: agreement, cost and quality.
+
 Python:
 
     plugin = UniRoutePlugin("router.npz", "pool.npz", lam=0.5, model_groups=["uniroute"])
@@ -77,6 +82,9 @@ logger = logging.getLogger("uniroute_jax.litellm")
 
 SIGNAL = "uniroute"
 """Key of the decision trace in `context.signals` and `metadata["routing_plugin_signals"]`."""
+
+SHADOW_SIGNAL = "uniroute_shadow"
+"""Key of a shadow-mode request's log settings in `context.signals` (read by `shadow_record`)."""
 
 
 # ------------------------------------------------------------------------------- the snapshot
@@ -182,6 +190,10 @@ class UniRoutePlugin:
         the keys; `redis_timeout` bounds each command, seconds); None keeps it in the process.
       spend_from: `"response_cost"` (LiteLLM's bill after the call; the estimate when absent) or
         `"estimate"` (the pool's costs: any unit).
+      shadow: decide every request but do not enforce it: the group's own strategy picks the
+        deployment, and after the call one record with UniRoute's choice and the LLM that
+        answered is logged (`shadow_record`; read by `uniroute shadow-report`). Not with a budget.
+      shadow_log: with `shadow`, also append each record as a line of this JSONL file.
     """
 
     def __init__(self, router: UniRouter | str | os.PathLike, pool: Pool | str | os.PathLike, *,
@@ -195,7 +207,8 @@ class UniRoutePlugin:
                  budget=None, expected_requests: float | None = None, budget_window: float | None = None,
                  budget_keys: Sequence[str] = (), key_budget=None, hard_cap: bool = False, taper: float = 1.0,
                  redis_url: str | None = None, redis_prefix: str = "uniroute:{budgets}:", redis_timeout: float = 0.2,
-                 spend_from: str = "response_cost"):
+                 spend_from: str = "response_cost", shadow: bool = False,
+                 shadow_log: str | os.PathLike | None = None):
         if sum(x is not None for x in (lam, target_cost, budget)) != 1:
             raise ValueError("give exactly one of lam=, target_cost= or budget=")
         # Budget arguments are checked here, once: a bad one is an error now, never per request.
@@ -207,6 +220,15 @@ class UniRoutePlugin:
         self._book_lock = threading.Lock()
         if self.budget is not None and budget_spend not in litellm.callbacks:
             litellm.callbacks.append(budget_spend)  # corrects each charge to the call's bill
+        self.shadow = bool(shadow)
+        if self.shadow and self.budget is not None:
+            raise ValueError("shadow=True does not go with budget=: a budget paces the spend of decisions that "
+                             "are enforced")
+        if shadow_log is not None and not self.shadow:
+            raise ValueError("shadow_log is the log of shadow mode: pass shadow=True with it")
+        self.shadow_log = None if shadow_log is None else os.fspath(shadow_log)
+        if self.shadow and shadow_record not in litellm.callbacks:
+            litellm.callbacks.append(shadow_record)  # logs what answered beside UniRoute's choice
         self.lam = None if lam is None else validation.nonnegative_float(lam, "lam")
         self.target_cost = None if target_cost is None else validation.nonnegative_float(target_cost, "target_cost")
         if self.target_cost is not None:
@@ -289,7 +311,8 @@ class UniRoutePlugin:
         `UNIROUTE_TARGET_COST` with `UNIROUTE_CALIBRATION_PROMPTS` (a .txt file, one prompt a line);
         `UNIROUTE_MODEL_GROUPS` (comma-separated); `UNIROUTE_DEFAULT_MODEL`;
         `UNIROUTE_USE_SYSTEM_PROMPT=1`; `UNIROUTE_THOMPSON=1`; `UNIROUTE_CHECK_EVERY` (seconds);
-        `UNIROUTE_WARM_UP=0` to load the embedder on the first request instead of at start.
+        `UNIROUTE_WARM_UP=0` to load the embedder on the first request instead of at start;
+        `UNIROUTE_SHADOW=1` (shadow mode) with `UNIROUTE_SHADOW_LOG` (a JSONL file to append to).
         Instead of a lambda, a budget (`_budget.budget_env`): `UNIROUTE_BUDGET` (spend per group),
         `UNIROUTE_EXPECTED_REQUESTS`, `UNIROUTE_BUDGET_WINDOW` (seconds), `UNIROUTE_BUDGET_KEYS`
         (comma-separated metadata keys) with `UNIROUTE_KEY_BUDGET` (and
@@ -316,6 +339,8 @@ class UniRoutePlugin:
         if env.get("UNIROUTE_MODEL_GROUPS"):
             kw["model_groups"] = [g.strip() for g in env["UNIROUTE_MODEL_GROUPS"].split(",") if g.strip()]
         flag = lambda name: env.get(name, "").lower() in ("1", "true", "yes")
+        if flag("UNIROUTE_SHADOW"):
+            kw.update(shadow=True, shadow_log=env.get("UNIROUTE_SHADOW_LOG") or None)
         return cls(env["UNIROUTE_ROUTER"], env["UNIROUTE_POOL"], default_model=env.get("UNIROUTE_DEFAULT_MODEL") or None,
                    use_system_prompt=flag("UNIROUTE_USE_SYSTEM_PROMPT"), thompson=flag("UNIROUTE_THOMPSON"),
                    check_every=float(env.get("UNIROUTE_CHECK_EVERY", "1")), warm_up=env.get("UNIROUTE_WARM_UP", "1") != "0", **kw)
@@ -552,7 +577,14 @@ class UniRoutePlugin:
         except Exception as err:  # noqa: BLE001 - never drop a request over routing
             return self._fall_back(context, group, f"{type(err).__name__}: {err}")
         deployment = kept[decision.names.index(decision.model)]
-        context.candidate_models = [deployment]
+        if self.shadow:
+            # Not enforced: the group's strategy picks among all candidates; `shadow_record` adds,
+            # after the call, the deployment that answered (`"deployment"`, `"served"`).
+            extra.update(shadow=True, uniroute_deployment=deployment, candidate_deployments=list(kept))
+            context.signals[SHADOW_SIGNAL] = {"log": self.shadow_log}
+            deployment = None
+        else:
+            context.candidate_models = [deployment]
         if "charge" in extra:  # what the budgets were charged, for `budget_spend` after the call
             context.signals[_budget.CHARGE_SIGNAL] = extra.pop("charge")
         trace = {**decision.as_dict(), "deployment": deployment, "group": group, "pool_version": snap.version,
@@ -572,10 +604,13 @@ class UniRoutePlugin:
                                                and snap.pool.names[self._pool_row(snap.pool, m)] == self.default_model):
                     target = m
                     break
-        if target is not None:
+        if target is not None and not self.shadow:
             context.candidate_models = [target]
         context.signals[SIGNAL] = {"fallback": reason, "model": self.default_model if target else None,
-                                   "deployment": target, "group": group}
+                                   "deployment": None if self.shadow else target, "group": group}
+        if self.shadow:  # logged too: the report counts the requests it could not decide
+            context.signals[SIGNAL]["shadow"] = True
+            context.signals[SHADOW_SIGNAL] = {"log": self.shadow_log}
         if self._book is not None:  # no decision, but the call's bill still counts against the budgets
             try:
                 names = self._book.names_for(group, context.metadata)
@@ -613,6 +648,8 @@ def trace_headers_of(trace: Mapping) -> dict[str, str]:
         headers["x-uniroute-lambda"] = f"{trace['lam']:g}"
     if trace.get("fallback"):
         headers["x-uniroute-fallback"] = str(trace["fallback"])[:200]
+    if trace.get("shadow"):  # x-uniroute-model is UniRoute's choice, not what answered
+        headers["x-uniroute-shadow"] = "1"
     return headers
 
 
@@ -627,6 +664,80 @@ class TraceHeaders(CustomLogger):
 
 trace_headers = TraceHeaders()
 """The instance the proxy config names: `litellm_settings.callbacks: [uniroute_jax.integrations.litellm.trace_headers]`."""
+
+
+# ------------------------------------------------------------------------------- shadow mode
+
+
+def _served_deployment(kwargs: Mapping, response_obj) -> str | None:
+    """The `litellm_params.model` of the deployment that answered a call."""
+    params = kwargs.get("litellm_params") if isinstance(kwargs, Mapping) else None
+    md = params.get("metadata") if isinstance(params, Mapping) else None
+    if isinstance(md, Mapping) and isinstance(md.get("deployment"), str):
+        return md["deployment"]
+    hidden = getattr(response_obj, "_hidden_params", None)
+    if isinstance(hidden, Mapping) and isinstance(hidden.get("litellm_model_name"), str):
+        return hidden["litellm_model_name"]
+    return kwargs.get("model") if isinstance(kwargs, Mapping) else None
+
+
+class ShadowRecord(CustomLogger):
+    """After each call of a shadow-mode request, adds what answered to its trace and logs the record.
+
+    The record is the trace (UniRoute's `"model"`, `"cluster"`, `"candidates"`) plus `"served"`
+    (the pool name of the deployment that answered; None when it has no pool row), its
+    `"deployment"`, the call's `"request_id"` (`litellm_call_id`, to join outcomes on),
+    `"response_cost"` and `"failed"`. It goes to the `uniroute_jax.litellm` logger as
+    `uniroute shadow: {json}` and, with `shadow_log`, as one line of that JSONL file.
+    """
+
+    def _record(self, kwargs, response_obj, *, failed: bool) -> None:
+        try:
+            params = kwargs.get("litellm_params") or {}
+            trace = trace_from_request(params) or trace_from_request(kwargs)
+            signals = None
+            for source in (params, kwargs):
+                md = source.get("metadata") if isinstance(source, Mapping) else None
+                sig = md.get("routing_plugin_signals") if isinstance(md, Mapping) else None
+                if isinstance(sig, Mapping) and isinstance(sig.get(SHADOW_SIGNAL), Mapping):
+                    signals = sig
+                    break
+            if trace is None or signals is None or not trace.get("shadow"):
+                return
+            served = _served_deployment(kwargs, response_obj)
+            kept = trace.get("candidate_deployments") or []
+            names = [c["name"] for c in trace.get("candidates") or []]
+            # Matched like the plugin's candidates: the exact string, else without the provider prefix.
+            strip = lambda m: m.split("/", 1)[-1] if isinstance(m, str) else m
+            match = [i for i, d in enumerate(kept) if d == served] or [i for i, d in enumerate(kept)
+                                                                     if strip(d) == strip(served)]
+            record = {**trace, "deployment": served, "served": None if failed or not match else names[match[0]],
+                      "request_id": kwargs.get("litellm_call_id"), "response_cost": kwargs.get("response_cost"),
+                      "failed": failed}
+            signals[SIGNAL].update(record)  # the caller's metadata shows it too (same dict as the trace)
+            line = json.dumps(record, separators=(",", ":"), default=str)
+            logger.info("uniroute shadow: %s", line)
+            path = signals[SHADOW_SIGNAL].get("log")
+            if path:
+                # One write of one line to a file opened for appending: concurrent workers and
+                # replicas append whole lines (O_APPEND), so no lock is needed and no line is torn.
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, (line + "\n").encode())
+                finally:
+                    os.close(fd)
+        except Exception as err:  # noqa: BLE001 - a shadow record must never break the response path
+            logger.warning("uniroute: shadow record not written: %s: %s", type(err).__name__, err)
+
+    async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
+        self._record(kwargs, response_obj, failed=False)
+
+    async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):
+        self._record(kwargs, response_obj, failed=True)
+
+
+shadow_record = ShadowRecord()
+"""The callback instance: registered by a plugin with `shadow=True`; the proxy config may also name it."""
 
 
 def __getattr__(name: str):
