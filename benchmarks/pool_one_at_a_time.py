@@ -43,7 +43,7 @@ import numpy as np
 
 from uniroute_jax._src import evaluation as ev
 from uniroute_jax._src.cli import main as cli
-from uniroute_jax._src.estimators import DEFAULT_METHOD, fit_estimator, labels_to_counts
+from uniroute_jax._src.estimators import DEFAULT_METHOD, add_to_pool, fit_estimator, labels_to_counts
 from uniroute_jax._src.persistence import write_atomic
 from uniroute_jax._src.pool import Pool
 from uniroute_jax._src.router import UniRouter
@@ -93,7 +93,19 @@ def _build(folder: Path, tag: str, names, costs, order, estimator: str | None = 
     return Pool.load(pool).select(list(names)), report
 
 
-def run(name: str, trials: int, n_clusters: int, order_check: int) -> dict:
+def _derive_once(names, costs, counts, sums, order) -> tuple[Pool, str]:
+    """The pool `_build` ends with, derived once: `add_to_pool` (what `add-model` calls) adding the
+    last LLM of `order` to the others. A pool is a function of its LLMs' labels, not of the order
+    they came in (the reverse-order check), so this is the same pool at one call instead of one
+    per LLM."""
+    def part(rows):
+        return Pool(tuple(names[h] for h in rows), costs[rows], np.full((len(rows), counts.shape[1]), 0.5, np.float32),
+                    counts[rows], sums[rows])
+    pool, lines = add_to_pool(part(order[:-1]), part(order[-1:]))
+    return pool.select(list(names)), "\n".join(lines)
+
+
+def run(name: str, trials: int, n_clusters: int, order_check: int, derive_once: bool = False) -> dict:
     t0 = time.perf_counter()
     ds = _dataset(name)
     cfg = ev.ProtocolConfig(n_trials=trials, seed=0)
@@ -137,14 +149,17 @@ def run(name: str, trials: int, n_clusters: int, order_check: int) -> dict:
                 q[label_order[:n]] = q_val[label_order[:n]]
                 for h in range(ds.n_models):
                     np.save(folder / f"q{h}.npy", q[:, h])
-                pool, report = _build(folder, "default", names, costs, add_order)
                 counts, sums = labels_to_counts(lab_va, q, n_clusters=n_clusters)
+                if derive_once:
+                    pool, report = _derive_once(names, costs, counts, sums, add_order)
+                else:
+                    pool, report = _build(folder, "default", names, costs, add_order)
                 overall = sums.sum(1, keepdims=True) / np.maximum(counts.sum(1, keepdims=True), 1)
                 plain = np.where(counts > 0, sums / np.maximum(counts, 1), overall)
-                if t == 0:  # plain means are what `add-model --estimator mean` gives
+                if t == 0 and not derive_once:  # plain means are what `add-model --estimator mean` gives
                     mean_pool, _ = _build(folder, "mean", names, costs, add_order, "mean")
                     mean_gap.append(float(np.abs(mean_pool.psi - plain).max()))
-                if n == order_check:
+                if n == order_check and not derive_once:
                     again, _ = _build(folder, "reversed", names, costs, add_order[::-1])
                     order_gap.append(float(np.abs(again.psi - pool.psi).max()))
                 aao = fit_estimator(DEFAULT_METHOD, np.where(seen[:, None], full_n, counts)[seen],
@@ -156,7 +171,7 @@ def run(name: str, trials: int, n_clusters: int, order_check: int) -> dict:
                 fell_back[t, j] = f"estimator '{DEFAULT_METHOD}'" not in report
                 unresolved[t, j] = "cannot be told from ZeroRouter" in report
         _log(f"{name}: trial {t + 1}/{trials} ({time.perf_counter() - t0:.0f}s)")
-    return {"name": name, "areas": areas, "budgets": np.asarray(budgets), "fell_back": fell_back,
+    return {"name": name, "derive_once": derive_once, "areas": areas, "budgets": np.asarray(budgets), "fell_back": fell_back,
             "unresolved": unresolved, "order_gap": order_gap, "mean_gap": mean_gap, "n_models": ds.n_models,
             "n_unseen": int(sp.unseen[0].sum()), "seconds": time.perf_counter() - t0}
 
@@ -184,6 +199,11 @@ def markdown(results: list[dict], command: str, n_clusters: int, order_check: in
             cells += [_ms(A[:, j, 2] - A[:, j, 1]), _ms(A[:, j, 3] - A[:, j, 1]),
                       f"{r['fell_back'][:, j].mean():.0%}", f"{r['unresolved'][:, j].mean():.0%}"]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        if r.get("derive_once"):
+            lines += ["", "The one-at-a-time pool derived in one call (`--derive-once`: `add_to_pool` adding the last "
+                      f"LLM to the other {r['n_models'] - 1}, what the last `add-model` does; the reverse-order "
+                      f"check is skipped). Run time {r['seconds']:.0f} s.", ""]
+            continue
         lines += ["", f"Insertion order: pools at {order_check} labels built in reverse order differ from the "
                   f"trial's order by at most {max(r['order_gap'], default=float('nan')):.2g} in any row "
                   f"({len(r['order_gap'])} trials). `--estimator mean` through the command line vs plain means: "
@@ -201,13 +221,17 @@ def main(argv=None) -> int:
     ap.add_argument("--clusters", type=int, default=10, help="K of `uniroute fit` (default 10)")
     ap.add_argument("--order-check", type=int, default=20, help="labels at which the reverse order is built")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--derive-once", default="", help="comma-separated datasets whose one-at-a-time pool is "
+                    "derived in one call (`add_to_pool` adding the last LLM to the others) instead of one "
+                    "`add-model` per LLM: the same pool, for datasets with many LLMs")
     args = ap.parse_args(argv)
+    once = set(filter(None, args.derive_once.split(",")))
     command = "python benchmarks/pool_one_at_a_time.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.datasets.split(","):
-        results.append(run(name, args.trials, args.clusters, args.order_check))
+        results.append(run(name, args.trials, args.clusters, args.order_check, derive_once=name in once))
         write_text(out / "pool_one_at_a_time.md", markdown(results, command, args.clusters, args.order_check))
         with write_atomic(out / "pool_one_at_a_time.npz", "wb") as f:
             np.savez(f, **{f"{r['name']}_areas": r["areas"] for r in results},
