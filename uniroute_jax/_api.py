@@ -15,6 +15,7 @@ from uniroute_jax._src.curves import (
     route_calibrated,
 )
 from uniroute_jax._src.costs import Prices, prices, prices_from_cost_map, request_costs
+from uniroute_jax._src.drift import DriftReport, drift_report, plot_drift
 from uniroute_jax._src.data import (
     RoutingDataset,
     load_alpacaeval,
@@ -57,6 +58,7 @@ from uniroute_jax._src.metrics import (
     upper_hull_mask,
 )
 from uniroute_jax._src.onboarding import ErrorIntervals, ValidationSize, error_intervals, validation_prompts_needed
+from uniroute_jax._src.online import OnlineDecision, OnlineLearner, OnlineReplay, OnlineState, replay_online
 from uniroute_jax._src.pacing import (
     Budget,
     Pacer,
@@ -80,6 +82,7 @@ from uniroute_jax._src.routing import (
 )
 from uniroute_jax._src.sweeps import sweep
 from uniroute_jax._src.selection import select_prompts
+from uniroute_jax._src.shadow import ShadowReport, read_shadow_log, shadow_report
 from uniroute_jax._src.sharding import (
     pool_mesh,
     shard_trials,

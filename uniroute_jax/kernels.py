@@ -11,6 +11,7 @@ from uniroute_jax._src.estimators import estimate_kernel, fit_kernel
 from uniroute_jax._src.feature_maps import features_kernel
 from uniroute_jax._src.kmeans import assign_kernel, kmeans_kernel
 from uniroute_jax._src.knn import knn_kernel
+from uniroute_jax._src.online import online_replay_kernel
 from uniroute_jax._src.pacing import replay_kernel
 from uniroute_jax._src.router import route_embeddings_kernel
 from uniroute_jax._src.routing import route_kernel, sweep_kernel
@@ -28,6 +29,7 @@ __all__ = [
     "fit_kernel",
     "kmeans_kernel",
     "knn_kernel",
+    "online_replay_kernel",
     "replay_kernel",
     "route_embeddings_kernel",
     "route_kernel",
