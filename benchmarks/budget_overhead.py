@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import write_text  # noqa: E402
-from litellm_overhead import DIM, GROUP, N_CLUSTERS, N_MODELS, Lookup, TimedPlugin, model_list, stats  # noqa: E402
+from litellm_overhead import DIM, GROUP, N_CLUSTERS, N_MODELS, TimedPlugin, model_list, serving_problem, stats  # noqa: E402
 
 import litellm  # noqa: E402
 
@@ -89,14 +89,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     n = args.requests
 
-    world = ur.synthetic_world(0, n_prompts=3000 + n, n_models=N_MODELS, config=ur.WorldConfig(dim=DIM))
-    x, q = np.asarray(world.prompts.embeddings), np.asarray(world.quality)
-    router = ur.UniRouter.fit(x[:2000], N_CLUSTERS, seed=0, n_init=1)
-    names = [f"llm-{i}" for i in range(N_MODELS)]
-    pool = router.represent(x[2000:3000], q[2000:3000], names, np.asarray(world.llms.costs))
-    texts = [f"request {i}: what is {i} + {2 * i}?" for i in range(n)]
-    lookup = Lookup(texts, x[3000:])
-    lam = float(np.median(ur.lambda_grid(pool.costs, 16)))
+    x, router, pool, names, texts, lookup, lam = serving_problem(n)
     # A budget of the fixed lambda's mean cost, over ten times the timed requests: pacing is live
     # (lambda moves every request) and the hard cap checks every candidate.
     mean_cost = float(np.asarray(pool.costs)[router.route(x[3000:], pool, lam).index].mean())

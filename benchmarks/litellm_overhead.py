@@ -99,14 +99,10 @@ class TimedPlugin:
         return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=2000)
-    ap.add_argument("--embed-requests", type=int, default=200)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args(argv)
-    n = args.requests
-
+def serving_problem(n: int):
+    """The synthetic serving setup both overhead benchmarks time: a router fitted on 2,000 prompts,
+    a pool of `N_MODELS` represented on 1,000 more, `n` request texts whose embeddings are looked
+    up (`x[3000:]`), and a mid-range lambda. Returns `(x, router, pool, names, texts, lookup, lam)`."""
     world = ur.synthetic_world(0, n_prompts=3000 + n, n_models=N_MODELS, config=ur.WorldConfig(dim=DIM))
     x, q = np.asarray(world.prompts.embeddings), np.asarray(world.quality)
     router = ur.UniRouter.fit(x[:2000], N_CLUSTERS, seed=0, n_init=1)
@@ -115,6 +111,18 @@ def main(argv=None) -> int:
     texts = [f"request {i}: what is {i} + {2 * i}?" for i in range(n)]
     lookup = Lookup(texts, x[3000:])
     lam = float(np.median(ur.lambda_grid(pool.costs, 16)))
+    return x, router, pool, names, texts, lookup, lam
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--embed-requests", type=int, default=200)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    n = args.requests
+
+    x, router, pool, names, texts, lookup, lam = serving_problem(n)
 
     default = litellm.Router(model_list=model_list(names))
     timed = TimedPlugin(UniRoutePlugin(router, pool, lam=lam, model_groups=[GROUP], embedder=lookup,
