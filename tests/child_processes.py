@@ -6,6 +6,7 @@ child run alone through `timed_child`) and gives what follows `SLACK` times that
 """
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +31,18 @@ def spawn(script: Path, *args: str) -> subprocess.Popen:
            "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     return subprocess.Popen([sys.executable, str(script), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Stops a child started with `start_new_session=True` and everything it started: SIGTERM to its
+    process group, SIGKILL when it has not exited within `timeout` seconds."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
 
 
 def _fail_hung(procs, why: str) -> None:

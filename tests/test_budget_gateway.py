@@ -32,6 +32,7 @@ from uniroute_jax._src.pacing import FLOOR, Budget, Pacer  # noqa: E402
 from uniroute_jax.integrations import _budget  # noqa: E402
 from uniroute_jax.integrations.litellm import SIGNAL, UniRoutePlugin  # noqa: E402
 
+from child_processes import stop_group  # noqa: E402
 from litellm_helpers import COSTS, NAMES, HashEmbedder, fitted, make_texts  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # LiteLLM's pydantic schema notices
@@ -463,15 +464,11 @@ def start_proxies(folder: Path, n: int, key: str):
 
 
 def stop_proxies(procs):
-    for proc, _, log, _ in procs:
+    for proc, _, _, _ in procs:  # every proxy told first, so they stop together
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
     for proc, _, log, _ in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_group(proc)
         log.close()
 
 

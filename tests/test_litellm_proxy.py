@@ -4,7 +4,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ pytest.importorskip("litellm.proxy.proxy_server", reason='the LiteLLM proxy is n
 
 import uniroute_jax as ur  # noqa: E402
 
+from child_processes import stop_group  # noqa: E402
 from litellm_helpers import NAMES, HashEmbedder, fitted, make_texts  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
@@ -99,13 +99,7 @@ def proxy(tmp_path_factory):
         yield {"client": client, "dir": d, "router": router, "pool": pool, "embedder": embedder}
     finally:
         # Stop the proxy (and anything it started in its session), also when a test failed.
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+        stop_group(proc, timeout=15)
         log.close()
 
 
