@@ -201,23 +201,23 @@ def _logistic_map(params, counts, error_sums, n_steps: int = 30):
     return jax.lax.fori_loop(0, n_steps, step, params.v_mean)
 
 
-def _cell_predictions(params, counts, error_sums):
-    """Logit of each cluster predicted from the LLM's labels in the other clusters, `[K]`, and the
-    prediction's variance `[K]`: that of the LLM's `(a, v)` (Laplace at the MAP) plus that of the
+def _cell_prediction(params, counts, error_sums, k):
+    """Logit of cluster `k` predicted from the LLM's labels in the other clusters, `[]`, and the
+    prediction's variance `[]`: that of the LLM's `(a, v)` (Laplace at the MAP) plus that of the
     cluster's own `(b_k, u_k)` (`factor_cov`). The cluster's own labels never enter its prior."""
     f = params.factors
-    K = f.shape[0]
+    keep = 1.0 - jax.nn.one_hot(k, f.shape[0], dtype=counts.dtype)
+    n, e = counts * keep, error_sums * keep
+    v = _logistic_map(params, n, e)
+    m = jax.nn.sigmoid(f @ v + params.offsets)
+    cov_v = jnp.linalg.inv((f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision)
+    g = v.at[0].set(1.0)  # d logit_k / d (b_k, u_k)
+    return f[k] @ v + params.offsets[k], f[k] @ cov_v @ f[k] + g @ params.factor_cov[k] @ g
 
-    def one(k):
-        keep = 1.0 - jax.nn.one_hot(k, K, dtype=counts.dtype)
-        n, e = counts * keep, error_sums * keep
-        v = _logistic_map(params, n, e)
-        m = jax.nn.sigmoid(f @ v + params.offsets)
-        cov_v = jnp.linalg.inv((f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision)
-        g = v.at[0].set(1.0)  # d logit_k / d (b_k, u_k)
-        return f[k] @ v + params.offsets[k], f[k] @ cov_v @ f[k] + g @ params.factor_cov[k] @ g
 
-    return jax.vmap(one)(jnp.arange(K))
+def _cell_predictions(params, counts, error_sums):
+    """`_cell_prediction` of every cluster: logits `[K]` and variances `[K]`."""
+    return jax.vmap(lambda k: _cell_prediction(params, counts, error_sums, k))(jnp.arange(params.factors.shape[0]))
 
 
 def _beta_prior(z, var):

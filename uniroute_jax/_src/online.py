@@ -73,7 +73,7 @@ from uniroute_jax._src.estimators import (
     Estimate,
     Estimator,
     EstimatorParams,
-    _logistic_map,
+    _cell_prediction,
     _mixture_posterior,
     _shrinkage_one,
 )
@@ -154,15 +154,7 @@ def _prior_cluster(params, counts, error_sums, k) -> Estimate:
     The full kernel predicts every cluster from the others (one MAP fit per cluster); a decision
     needs only the request's cluster, so this is the same computation for that one column, K
     times cheaper. `tests/test_online.py` checks it against the full kernel."""
-    f = params.factors
-    keep = 1.0 - jax.nn.one_hot(k, counts.shape[0], dtype=counts.dtype)
-    n, e = counts * keep, error_sums * keep
-    v = _logistic_map(params, n, e)
-    m = jax.nn.sigmoid(f @ v + params.offsets)
-    cov_v = jnp.linalg.inv((f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision)
-    g = v.at[0].set(1.0)
-    z = f[k] @ v + params.offsets[k]
-    var = f[k] @ cov_v @ f[k] + g @ params.factor_cov[k] @ g
+    z, var = _cell_prediction(params, counts, error_sums, k)
     one = lambda x: x[k][None]
     mixed = _mixture_posterior(params.tau_weights, z[None], var[None], one(counts), one(error_sums),
                                one(params.support))
