@@ -1,21 +1,30 @@
-"""Label efficiency: how well are unseen LLMs routed from n labelled prompts each?
+"""Label efficiency: how well are unseen LLMs routed from n labelled prompts each, by us and by the peers?
 
 `python benchmarks/label_efficiency.py [--trials N] [--trials-routerdc N] [--datasets a,b]`
 
 The paper's protocol (`uniroute_jax.evaluate`: random 60/10/30 prompt splits, 1/3 of the LLMs
 unseen, K chosen per trial with the training LLMs), except that each unseen LLM is labelled on only
-`n` of the validation prompts, for n in {5, 10, 20, 50, 100, 200, all}. The prompts are chosen by a
-selection strategy (random, stratified, informative; the same prompts for every unseen LLM of a
-trial) and the unseen LLMs' error vectors by each estimator (mean, shrinkage, hierarchical, prior),
-fitted on the training LLMs' validation counts (the prior's low-rank factors also on their
-training-prompt labels, which the protocol gives the supervised routers). Each estimator has its own
-K per trial, the one `evaluate(estimator=...)` picks; the prompts are chosen on the default
-estimator's clusters, and every estimator, ZeroRouter and K-NN get the same labels. Scores are test
-Areas over the unseen LLMs; K-NN's k and the training LLMs' labels are as in `evaluate`.
+`n` of the validation prompts, for n in {1, 5, 10, 20, 30, 50, 100, 200, all}. The prompts are
+chosen by a selection strategy (random, stratified, informative; the same prompts for every unseen
+LLM of a trial) and the unseen LLMs' error vectors by each estimator (mean, shrinkage,
+hierarchical, prior), fitted on the training LLMs' validation counts (the prior's low-rank factors
+also on their training-prompt labels, which the protocol gives the supervised routers). Each
+estimator has its own K per trial, the one `evaluate(estimator=...)` picks; the prompts are chosen
+on the default estimator's clusters, and every estimator, peer, ZeroRouter and K-NN get the same
+labels. The peers (`uniroute_jax._src.peers`: HierShrink with its published and with tuned
+pseudo-counts, difficulty-weighted probes, a tuned k-NN over the labelled prompts, an item-response
+model) are fitted per trial on what `peer_view` lets them read: the training LLMs' labels on the
+training and validation prompts, the unseen LLMs' on the selected validation prompts only. Scores
+are test Area and QNC over the unseen LLMs; K-NN's k and the training LLMs' labels are as in
+`evaluate`. Beside them, the unseen pool's best single LLM and the random mix of its cheapest and
+most accurate LLMs, which need no labels.
 
-Writes under `--out` (default benchmarks/results/label_efficiency/): `<dataset>.md` (tables),
-`<dataset>.png` (Area against labels, one line per estimator, bands of one standard error over
-trials), `<dataset>.npz` (every trial's Area) and `summary.json`.
+Writes under `--out` (default benchmarks/results/label_efficiency/): `<dataset>.md` (tables: mean
+Area, the default against every method paired with 95% bootstrap intervals, the labels each
+method needs for 80% of plain means' all-label gain over ZeroRouter, QNC, shares of that gain),
+`<dataset>.png` (Area against labels and the paired differences, 95% bands), `<dataset>.npz`
+(every trial's Area and QNC) and `summary.json`. Progress is printed per tenth of the trials;
+Ctrl-C keeps the datasets finished.
 """
 
 from __future__ import annotations
@@ -35,10 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from uniroute_jax._src import evaluation as ev
-from uniroute_jax._src import plots
+from uniroute_jax._src import metrics, plots
 from uniroute_jax._src.estimators import METHODS as ESTIMATORS
 from uniroute_jax._src.estimators import default_n_groups, estimate_kernel, fit_kernel
 from uniroute_jax._src.kmeans import assign_kernel
+from uniroute_jax._src.peers import PEERS, peer, peer_view
 from uniroute_jax._src.selection import STRATEGIES, selection_kernel
 from uniroute_jax._src.persistence import write_atomic
 from uniroute_jax._src.sharding import trial_mesh, trial_vmap
@@ -47,11 +57,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import write_text  # noqa: E402
 
 DATASETS = ("alpacaeval", "routerbench_partial", "routerdc_7llm", "synthetic")
-BUDGETS = (5, 10, 20, 50, 100, 200)
+BUDGETS = (1, 5, 10, 20, 30, 50, 100, 200)
 BASELINES = ("ZeroRouter", "K-NN")
-COLUMNS = ESTIMATORS + BASELINES  # last axis of the Area array
+COLUMNS = ESTIMATORS + PEERS + BASELINES  # the method axis of the score arrays
+METRICS = ("area", "qnc")  # the last axis of the score arrays
+REFERENCES = ("best single LLM", "random mix")  # Areas that need no labels, drawn on the same axes
 COLOURS = {"mean": "#1f77b4", "shrinkage": "#9467bd", "hierarchical": "#2ca02c", "prior": "#d62728",
-           "ZeroRouter": "#7f7f7f", "K-NN": "#ff7f0e"}
+           "HierShrink": "#8c564b", "HierShrink (tuned)": "#e377c2", "difficulty-weighted": "#bcbd22",
+           "k-NN (tuned)": "#17becf", "IRT": "#393b79", "ZeroRouter": "#7f7f7f", "K-NN": "#ff7f0e"}
 
 
 def _log(msg: str) -> None:
@@ -104,8 +117,9 @@ def _prepare(key, centroids, emb, quality, label_mask, costs, train, val, seen, 
 @functools.partial(jax.jit, static_argnames=("n_clusters",))
 def _score_clusters(params, selected, centroids, emb, quality, label_mask, prompt_costs, costs, val, test, unseen, *,
                     n_clusters):
-    """Test Area of every estimator and of ZeroRouter, given labels on `selected [n_val]` for the
-    unseen LLMs (the training LLMs keep all theirs; they are not scored)."""
+    """Test Area and QNC (`[n_estimators + 1, 2]`) of every estimator and of ZeroRouter, given
+    labels on `selected [n_val]` for the unseen LLMs (the training LLMs keep all theirs; they are
+    not scored)."""
     lab_va = assign_kernel(emb[val], centroids, metric="cosine")
     lab_te = assign_kernel(emb[test], centroids, metric="cosine")
     mask = label_mask[val] & (selected[:, None] | ~unseen[None, :])
@@ -113,12 +127,17 @@ def _score_clusters(params, selected, centroids, emb, quality, label_mask, promp
     counts, sums = _counts(lab_va, errors, mask, n_clusters)
     te_units = ev._cluster_units(lab_te, quality[test], prompt_costs[test], n_clusters)
     model_cost, model_quality = prompt_costs[test].mean(0), quality[test].mean(0)
-    area = lambda est: ev._metrics_of(est, te_units, costs, unseen, model_cost, model_quality).area
-    out = [area(estimate_kernel(params, counts, sums, method=m).psi.T) for m in ESTIMATORS]
+    score = lambda est, units: _area_qnc(ev._metrics_of(est, units, costs, unseen, model_cost, model_quality))
+    out = [score(estimate_kernel(params, counts, sums, method=m).psi.T, te_units) for m in ESTIMATORS]
     overall = sums.sum(1) / jnp.maximum(counts.sum(1), 1.0)
     zero_units = ev._cluster_units(jnp.zeros_like(lab_te), quality[test], prompt_costs[test], 1)
-    out.append(ev._metrics_of(overall[None], zero_units, costs, unseen, model_cost, model_quality).area)
+    out.append(score(overall[None], zero_units))
     return jnp.stack(out)
+
+
+def _area_qnc(m) -> jax.Array:
+    """`[2]`: the Area and QNC of a `CurveMetrics`, in `METRICS` order."""
+    return jnp.stack([m.area, m.qnc])
 
 
 @functools.partial(jax.jit, static_argnames=("k_max",))
@@ -129,7 +148,7 @@ def _neighbours(emb, val, test, *, k_max):
 
 
 def _score_knn(neighbours, k, selected, quality, label_mask, prompt_costs, costs, val, test, unseen):
-    """Test Area of K-NN (the library's rule, k fixed per trial) with the same labels."""
+    """Test Area and QNC `[2]` of K-NN (the library's rule, k fixed per trial) with the same labels."""
     mask = (label_mask[val] & (selected[:, None] | ~unseen[None, :])).astype(quality.dtype)
     errors = (1.0 - quality[val]) * mask
     use = (jnp.arange(neighbours.shape[1]) < k).astype(quality.dtype)[None, :, None]
@@ -138,7 +157,7 @@ def _score_knn(neighbours, k, selected, quality, label_mask, prompt_costs, costs
     overall = errors.sum(0) / jnp.maximum(mask.sum(0), 1.0)
     est = jnp.where(cnt > 0, err / jnp.maximum(cnt, 1.0), overall[None, :])
     units = ev._prompt_units(quality[test], prompt_costs[test])
-    return ev._metrics_of(est, units, costs, unseen, prompt_costs[test].mean(0), quality[test].mean(0)).area
+    return _area_qnc(ev._metrics_of(est, units, costs, unseen, prompt_costs[test].mean(0), quality[test].mean(0)))
 
 
 @jax.jit
@@ -151,9 +170,44 @@ def _score_knn_all(neighbours, k, selections, quality, label_mask, prompt_costs,
 @functools.partial(jax.jit, static_argnames=("n_clusters",))
 def _score_clusters_all(params, selections, centroids, emb, quality, label_mask, prompt_costs, costs, val, test,
                         unseen, *, n_clusters):
-    """`_score_clusters` for every selection `[n_sel, n_val]`: `[n_sel, n_estimators + 1]`."""
+    """`_score_clusters` for every selection `[n_sel, n_val]`: `[n_sel, n_estimators + 1, 2]`."""
     return jax.vmap(lambda s: _score_clusters(params, s, centroids, emb, quality, label_mask, prompt_costs, costs,
                                               val, test, unseen, n_clusters=n_clusters))(selections)
+
+
+def reference_areas(quality, prompt_costs, test, unseen) -> np.ndarray:
+    """`[2]` test Areas of the unseen pool that need no labels: its best single LLM (one point of
+    the curve) and the random mix of its cheapest and most accurate LLMs (their chord)."""
+    cost = np.asarray(prompt_costs[test].mean(0), np.float64)
+    acc = np.asarray(quality[test].mean(0), np.float64)
+    pool = np.asarray(unseen)
+    ref = metrics.pool_reference(cost, acc, pool)
+    single = max(float(metrics.curve_metrics([cost[h]], [acc[h]], [True], ref).area) for h in np.flatnonzero(pool))
+    w = np.linspace(0.0, 1.0, 65)
+    chord_cost = float(ref.weak_cost) + w * (float(ref.strong_cost) - float(ref.weak_cost))
+    chord_acc = float(ref.weak_quality) + w * (float(ref.strong_quality) - float(ref.weak_quality))
+    mix = float(metrics.curve_metrics(chord_cost, chord_acc, np.ones(w.size, bool), ref).area)
+    return np.asarray([single, mix], np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _peer_fns(name: str):
+    """A peer's jitted fit, and its test Area and QNC for every selection `[n_sel, n_val]`:
+    `[n_sel, 2]` (one selection at a time: bounded memory)."""
+    p = peer(name)
+
+    @jax.jit
+    def score(params, selections, emb, view_q, view_mask, quality, prompt_costs, costs, val, test, seen, unseen):
+        units = ev._prompt_units(quality[test], prompt_costs[test])
+        model_cost, model_quality = prompt_costs[test].mean(0), quality[test].mean(0)
+
+        def one(selected):
+            est = p.predict(params, emb, view_q, view_mask, val, test, seen, selected)
+            return _area_qnc(ev._metrics_of(est, units, costs, unseen, model_cost, model_quality))
+
+        return jax.lax.map(one, selections)
+
+    return jax.jit(p.fit), score
 
 
 # --------------------------------------------------------------------------------- dataset
@@ -273,7 +327,9 @@ def run(name: str, trials: int, default: str) -> dict:
     # default estimator's clusters (the router a user would deploy), and every estimator and
     # baseline gets those labels; each estimator is then scored with its own K.
     t2 = time.perf_counter()
-    areas = np.zeros((trials, len(STRATEGIES), len(budgets), len(COLUMNS)), np.float32)
+    scores = np.zeros((trials, len(STRATEGIES), len(budgets), len(COLUMNS), len(METRICS)), np.float32)
+    references = np.zeros((trials, len(REFERENCES)), np.float32)
+    budgets_j = jnp.asarray(budgets)
     n_sb = len(STRATEGIES) * len(budgets)
     d = ESTIMATORS.index(default)
     for t in range(trials):
@@ -284,19 +340,31 @@ def run(name: str, trials: int, default: str) -> dict:
             if i == home:
                 flat = masks.reshape(n_sb, -1)
             a = np.asarray(_score_clusters_all(params, flat, c, emb, *common, sp["val"][t], sp["test"][t],
-                                               sp["unseen"][t], n_clusters=K)).reshape(len(STRATEGIES), len(budgets), -1)
+                                               sp["unseen"][t], n_clusters=K)).reshape(len(STRATEGIES), len(budgets),
+                                                                                       -1, len(METRICS))
             for e in np.flatnonzero(best[t] == i):
-                areas[t, ..., e] = a[..., e]
-            if i == home:  # the baselines need no K: scored once, on the same labels
-                areas[t, ..., len(ESTIMATORS)] = a[..., -1]  # ZeroRouter
+                scores[t, ..., e, :] = a[..., e, :]
+            if i == home:  # the baselines and peers need no K of ours: scored once, on the same labels
+                scores[t, ..., COLUMNS.index("ZeroRouter"), :] = a[..., -1, :]
                 nb = _neighbours(emb, sp["val"][t], sp["test"][t], k_max=max(ks))
                 knn = _score_knn_all(nb, chosen_knn[t], flat, *common, sp["val"][t], sp["test"][t], sp["unseen"][t])
-                areas[t, ..., -1] = np.asarray(knn).reshape(len(STRATEGIES), len(budgets))
+                scores[t, ..., COLUMNS.index("K-NN"), :] = np.asarray(knn).reshape(len(STRATEGIES), len(budgets), -1)
+                # Peers fit on the training LLMs, on the default's clusters where they use ours.
+                view = peer_view(quality, label_mask, sp["train"][t], sp["val"][t], sp["unseen"][t])
+                for peer_name in PEERS:
+                    fit, score = _peer_fns(peer_name)
+                    p_params = fit(jax.random.fold_in(keys[t], 2), emb, *view, sp["train"][t], sp["val"][t],
+                                   sp["seen"][t], c, budgets_j)
+                    res = score(p_params, flat, emb, *view, quality, prompt_costs, costs, sp["val"][t],
+                                sp["test"][t], sp["seen"][t], sp["unseen"][t])
+                    scores[t, ..., COLUMNS.index(peer_name), :] = np.asarray(res).reshape(len(STRATEGIES), len(budgets), -1)
+                references[t] = reference_areas(quality, prompt_costs, sp["test"][t], sp["unseen"][t])
         if (t + 1) % max(1, trials // 10) == 0:
             _log(f"{name}: {t + 1}/{trials} trials ({time.perf_counter() - t2:.0f}s)")
     t_study = time.perf_counter() - t2
     seconds = {"load": t_load, "choose K and k": t_choose, "study": t_study}
-    return {"name": name, "dataset": ds, "budgets": budgets, "areas": areas, "chosen_k": chosen_k,
+    return {"name": name, "dataset": ds, "budgets": budgets, "areas": scores[..., 0], "qnc": scores[..., 1],
+            "references": references, "chosen_k": chosen_k,
             "chosen_knn": chosen_knn, "kmeans_area": kmeans_area, "knn_full_area": knn_full, "seconds": seconds,
             "n_val": n_va, "trials": trials}
 
@@ -308,6 +376,43 @@ def _paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int, int]:
     d = a - b
     se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
     return float(d.mean()), se, int((d > 0).sum()), int((d < 0).sum())
+
+
+def _bootstrap(d: np.ndarray, rng: np.random.Generator, n_boot: int = 2000) -> tuple:
+    """Mean of the paired differences `d [trials]`, its 95% bootstrap interval over trials, wins
+    and losses."""
+    means = d[rng.integers(0, d.size, (n_boot, d.size))].mean(1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(d.mean()), float(lo), float(hi), int((d > 0).sum()), int((d < 0).sum())
+
+
+def _crossing(shares: np.ndarray, budgets: np.ndarray, level: float) -> float:
+    """The label count where a share-of-gain curve `[n_budgets]` first reaches `level`,
+    interpolated on log(n) between budgets; `budgets[0]` if it starts there, inf if never."""
+    above = np.flatnonzero(shares >= level)
+    if above.size == 0:
+        return float("inf")
+    j = int(above[0])
+    if j == 0:
+        return float(budgets[0])
+    lo, hi = np.log(budgets[j - 1]), np.log(budgets[j])
+    frac = (level - shares[j - 1]) / (shares[j] - shares[j - 1])
+    return float(np.exp(lo + frac * (hi - lo)))
+
+
+def labels_to_share(curves: np.ndarray, zero_all: np.ndarray, mean_all: np.ndarray, budgets: np.ndarray,
+                    rng: np.random.Generator, level: float = 0.8, n_boot: int = 1000) -> tuple[float, float, float]:
+    """Labels at which a method's mean Area `curves [trials, n_budgets]` first reaches `level` of
+    plain means' all-label gain over ZeroRouter (`mean_all`, `zero_all`: `[trials]` Areas with all
+    labels), with a 95% bootstrap interval over trials (the same trials resampled for all three)."""
+    def at(idx):
+        z = zero_all[idx].mean()
+        return _crossing((curves[idx].mean(0) - z) / (mean_all[idx].mean() - z), budgets, level)
+
+    t = curves.shape[0]
+    boot = np.asarray([at(rng.integers(0, t, t)) for _ in range(n_boot)])
+    lo, hi = np.quantile(boot, [0.025, 0.975], method="inverted_cdf")
+    return at(np.arange(t)), float(lo), float(hi)
 
 
 def _budget_names(r: dict) -> list[str]:
@@ -339,7 +444,23 @@ def summarise(r: dict, default: str) -> dict:
     zero_all = A[:, 0, all_b, col["ZeroRouter"]].mean()
     gain_mean_all = A[:, 0, all_b, col["mean"]].mean() - zero_all
     out["gain_kept"] = {f"{e}/{s}": ((A[:, strat[s], :, col[e]].mean(0) - zero_all) / gain_mean_all).round(4).tolist()
-                        for e in ESTIMATORS for s in STRATEGIES}
+                        for e in COLUMNS for s in STRATEGIES}
+    # Every method against the default, paired over trials on the same labels (bootstrap intervals),
+    # and the labels each method needs to reach 80% of plain means' all-label gain.
+    rng = np.random.default_rng(0)
+    out["default_vs"] = {f"{c}/{s}": [_bootstrap(A[:, strat[s], j, col[default]] - A[:, strat[s], j, col[c]], rng)
+                                      for j in range(len(budgets))]
+                         for s in STRATEGIES for c in COLUMNS if c != default}
+    n_axis = budgets.astype(np.float64)
+    z_all, m_all = A[:, 0, all_b, col["ZeroRouter"]], A[:, 0, all_b, col["mean"]]
+    out["labels_to_80"] = {f"{c}/{s}": labels_to_share(A[:, strat[s], :, col[c]], z_all, m_all, n_axis, rng)
+                           for s in STRATEGIES for c in COLUMNS}
+    # QNC is inf where a trial's router never reaches the most accurate LLM: the median, and how often.
+    out["median_qnc"] = {f"{c}/{s}": [float(np.round(v, 5)) for v in np.median(r["qnc"][:, strat[s], :, col[c]], 0)]
+                         for s in STRATEGIES for c in COLUMNS}
+    out["qnc_reached"] = {f"{c}/{s}": np.isfinite(r["qnc"][:, strat[s], :, col[c]]).mean(0).round(3).tolist()
+                          for s in STRATEGIES for c in COLUMNS}
+    out["references"] = dict(zip(REFERENCES, r["references"].mean(0).round(5).tolist()))
     out["kmeans_area_evaluate"] = float(r["kmeans_area"].mean())
     out["knn_area_evaluate"] = float(r["knn_full_area"].mean())
     return out
@@ -347,6 +468,17 @@ def summarise(r: dict, default: str) -> dict:
 
 def _tally(values: np.ndarray) -> dict:
     return dict(zip(*[a.tolist() for a in np.unique(values, return_counts=True)]))
+
+
+def _fmt_boot(p) -> str:
+    d, lo, hi, w, l = p
+    return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}] ({w}/{l})"
+
+
+def _fmt_labels(p) -> str:
+    point, lo, hi = p
+    one = lambda x: "inf" if not np.isfinite(x) else f"{x:.0f}" if x >= 10 else f"{x:.1f}"
+    return f"{one(point)} [{one(lo)}, {one(hi)}]"
 
 
 def _fmt_pair(p) -> str:
@@ -378,6 +510,34 @@ def write_markdown(r: dict, s: dict, out: Path, command: str, default: str) -> P
             vals = s["mean_area"][f"{c}/{st}"]
             mark = " (default)" if c == default else ""
             lines.append(f"| {c}{mark} | {st} | " + " | ".join(f"{v:.4f}" for v in vals) + " |")
+    lines += ["", "Areas that need no labels (unseen pool, mean over trials): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in s["references"].items()) + ".", "",
+              f"## {default} (default) against every method, paired on the same labels", "",
+              f"Area({default}) - Area(method), mean over the {T} trials with its 95% bootstrap interval over trials "
+              "(wins/losses of the default).", "",
+              "| method | strategy | " + " | ".join(f"n={b}" for b in names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for st in STRATEGIES:
+        for c in COLUMNS:
+            if c != default:
+                lines.append(f"| {c} | {st} | " + " | ".join(_fmt_boot(p) for p in s["default_vs"][f"{c}/{st}"]) + " |")
+    lines += ["", "## Labels to 80% of plain means' all-label gain over ZeroRouter", "",
+              "The label count where the mean Area first reaches Area(ZeroRouter, all) + 0.8 (Area(mean, all) - "
+              "Area(ZeroRouter, all)), interpolated on log(n) between budgets, with a 95% bootstrap interval over "
+              "trials; `inf`: not within all labels; `<= 1`: already at one label.", "",
+              "| method | " + " | ".join(STRATEGIES) + " |", "|---|" + "---|" * len(STRATEGIES)]
+    for c in COLUMNS:
+        lines.append(f"| {c} | " + " | ".join(_fmt_labels(s["labels_to_80"][f"{c}/{st}"]) for st in STRATEGIES) + " |")
+    lines += ["", "## Median test QNC (unseen LLMs)", "",
+              "Normalised cost at which the router first reaches the most accurate unseen LLM's accuracy (lower is "
+              "better), median over trials, and in brackets the share of trials where it is reached at all (QNC is "
+              "inf where not).", "",
+              "| method | strategy | " + " | ".join(f"n={b}" for b in names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for st in STRATEGIES:
+        for c in COLUMNS:
+            lines.append(f"| {c} | {st} | " + " | ".join(
+                f"{v:.3f} ({w:.2f})" for v, w in zip(s["median_qnc"][f"{c}/{st}"], s["qnc_reached"][f"{c}/{st}"])) + " |")
     for key, title in (("vs_zero", "Paired difference of Area against ZeroRouter given the same labels"),
                        ("vs_knn", "Paired difference of Area against K-NN given the same labels"),
                        ("vs_mean", "Paired difference of Area against plain means given the same labels")):
@@ -397,8 +557,8 @@ def write_markdown(r: dict, s: dict, out: Path, command: str, default: str) -> P
         e, st = key.split("/")
         lines.append(f"| {e} | {st} | " + " | ".join(_fmt_pair(p) for p in pairs) + " |")
     lines += ["", "## Share of plain means' all-label gain over ZeroRouter", "",
-              "(Area(estimator, n) - Area(ZeroRouter, all)) / (Area(mean, all) - Area(ZeroRouter, all)).", "",
-              "| estimator | strategy | " + " | ".join(f"n={b}" for b in names) + " |",
+              "(Area(method, n) - Area(ZeroRouter, all)) / (Area(mean, all) - Area(ZeroRouter, all)).", "",
+              "| method | strategy | " + " | ".join(f"n={b}" for b in names) + " |",
               "|---|---|" + "---|" * len(names)]
     for key, vals in s["gain_kept"].items():
         e, st = key.split("/")
@@ -412,26 +572,43 @@ def write_markdown(r: dict, s: dict, out: Path, command: str, default: str) -> P
     return path
 
 
-def plot(r: dict, out: Path) -> Path:
+def plot(r: dict, out: Path, default: str = "prior") -> Path:
+    """Top: mean Area against labels, one line per method, 95% bands over trials, the label-free
+    references dashed grey. Bottom: Area(default) - Area(method) paired on the same labels, with
+    95% bootstrap bands over trials (above 0: the default is better)."""
     plt = plots._pyplot()
     A, budgets, T = r["areas"], r["budgets"], r["trials"]
-    fig, axes = plt.subplots(1, len(STRATEGIES), figsize=(13, 4.2), sharey=True)
-    for ax, (si, st) in zip(axes, enumerate(STRATEGIES)):
-        for ci, c in enumerate(COLUMNS):
+    columns = list(r.get("columns", COLUMNS))
+    rng = np.random.default_rng(0)
+    fig, axes = plt.subplots(2, len(STRATEGIES), figsize=(14, 8), sharex=True, sharey="row")
+    for si, st in enumerate(STRATEGIES):
+        top, bottom = axes[0, si], axes[1, si]
+        for ci, c in enumerate(columns):
             x = A[:, si, :, ci]
-            mean, se = x.mean(0), x.std(0, ddof=1) / np.sqrt(T)
+            mean, half = x.mean(0), 1.96 * x.std(0, ddof=1) / np.sqrt(T)
             style = "--" if c in BASELINES else "-"
-            ax.plot(budgets, mean, style, marker="o", ms=3, color=COLOURS[c], label=c, lw=1.5)
-            ax.fill_between(budgets, mean - se, mean + se, color=COLOURS[c], alpha=0.15, lw=0)
-        ax.set_xscale("log")
-        ax.set_xticks(budgets, [str(b) for b in budgets[:-1]] + [f"all\n({budgets[-1]})"], fontsize=8)
-        ax.minorticks_off()
-        ax.set_xlabel("labelled validation prompts per unseen LLM")
-        ax.set_title(f"{st} prompts", fontsize=10)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test Area (unseen LLMs)")
-    axes[-1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{r['name']}: Area against labels ({T} trials, bands ± 1 s.e. of the mean)", fontsize=11)
+            top.plot(budgets, mean, style, marker="o", ms=3, color=COLOURS.get(c), label=c, lw=1.3)
+            top.fill_between(budgets, mean - half, mean + half, color=COLOURS.get(c), alpha=0.12, lw=0)
+            if c != default and default in columns:
+                pairs = [_bootstrap(A[:, si, j, columns.index(default)] - x[:, j], rng, 1000) for j in range(len(budgets))]
+                d, lo, hi = (np.asarray([p[i] for p in pairs]) for i in range(3))
+                bottom.plot(budgets, d, style, marker="o", ms=3, color=COLOURS.get(c), label=c, lw=1.3)
+                bottom.fill_between(budgets, lo, hi, color=COLOURS.get(c), alpha=0.12, lw=0)
+        for ref, ls in zip(REFERENCES, (":", "-.")):
+            if "references" in r:
+                top.axhline(float(r["references"][:, REFERENCES.index(ref)].mean()), color="0.4", ls=ls, lw=1, label=ref)
+        bottom.axhline(0.0, color="k", lw=0.8)
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.set_xticks(budgets, [str(b) for b in budgets[:-1]] + [f"all\n({budgets[-1]})"], fontsize=8)
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+        top.set_title(f"{st} prompts", fontsize=10)
+        bottom.set_xlabel("labelled validation prompts per unseen LLM")
+    axes[0, 0].set_ylabel("test Area (unseen LLMs)")
+    axes[1, 0].set_ylabel(f"Area({default}) - Area(method), paired")
+    axes[0, -1].legend(fontsize=7, loc="lower right", ncol=2)
+    fig.suptitle(f"{r['name']}: Area against labels ({T} trials; bands: 95% intervals over trials)", fontsize=11)
     return plots.save_figure(fig, out / f"{r['name']}.png")
 
 
@@ -447,8 +624,11 @@ def main(argv=None) -> int:
     if args.replot:
         for path in sorted(Path(args.out).glob("*.npz")):
             with np.load(path, allow_pickle=False) as z:
-                r = {"name": path.stem, "areas": z["areas"], "budgets": z["budgets"], "trials": z["areas"].shape[0]}
-            _log(f"redrawn {plot(r, Path(args.out))}")
+                r = {"name": path.stem, "areas": z["areas"], "budgets": z["budgets"], "trials": z["areas"].shape[0],
+                     "columns": [str(c) for c in z["columns"]]}
+                if "references" in z:
+                    r["references"] = z["references"]
+            _log(f"redrawn {plot(r, Path(args.out), args.default)}")
         return 0
     command = "python benchmarks/label_efficiency.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     out = Path(args.out)
@@ -461,9 +641,10 @@ def main(argv=None) -> int:
             r = run(name, trials, args.default)
             s = summarise(r, args.default)
             write_markdown(r, s, out, command, args.default)
-            plot(r, out)
+            plot(r, out, args.default)
             with write_atomic(out / f"{name}.npz", "wb") as f:
-                np.savez(f, areas=r["areas"], budgets=r["budgets"], chosen_k=r["chosen_k"],
+                np.savez(f, areas=r["areas"], qnc=r["qnc"], references=r["references"], budgets=r["budgets"],
+                         chosen_k=r["chosen_k"],
                          chosen_knn=r["chosen_knn"], columns=np.asarray(COLUMNS), strategies=np.asarray(STRATEGIES))
             summary[name] = s
             write_text(summary_path, json.dumps(summary, indent=1))

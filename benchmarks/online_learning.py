@@ -21,10 +21,21 @@ Metrics (utility `u = quality - lam * cost` of the served model on each request)
   first reaches 0.8 (censored at the horizon: then `>` the outcomes received by its end). Offline
   onboarding labels `n` random validation prompts of the new LLM up front, with `n` on a grid;
   reported is the smallest `n` of the grid that reaches 0.8;
+- the same on one grid for both sides (`GRID`, new-LLM label counts 0, 2, 5, ..., 5,000): online, the
+  share after the new LLM's j-th arrived outcome (in the order outcomes land); offline, with j random
+  validation labels; per seed the first grid value reaching 0.8, and the paired per-seed difference
+  online - offline (bootstrap 95% interval over seeds where both reach it; wins / ties / losses, a
+  side that never reaches 0.8 counting as infinite). For `... 20` settings j counts outcomes beyond
+  the 20 starting labels;
+- "label first" onboarding, which pays for its labels in the same traffic: the first n requests of the
+  stream go to the new LLM (their outcomes are its labels), then every request is routed by the rule
+  at the estimate from those n labels; its regret counts all requests. n = the seed's offline labels
+  to 80% on the grid, and 20, 50, 100; compared with Thompson's regret paired per seed;
 - methods: greedy, Thompson and optimistic (lower confidence bound) on the estimator's posterior;
   a LiteLLM-style per-model Beta-Thompson that ignores the prompt (Beta(1 + correct, 1 + wrong)
   over each model's outcomes, established models starting from their validation labels); and
-  offline onboarding with as many labels as Thompson received outcomes (label costs not charged);
+  offline onboarding with as many labels as Thompson received outcomes (`offline (same n, labels not
+  charged)`: the cost of its labels is not in its regret);
 - zero-label checks: (a) traffic to the new LLM where it is best: share of the requests 500-1,000
   in the clusters where full-label UniRoute picks it that are served to it (success: >= 0.5);
   (b) a new LLM worse everywhere (the least accurate LLM's answers with 30% of its correct ones
@@ -62,6 +73,10 @@ DATASETS = ("synthetic", "routerbench_partial", "alpacaeval", "routerdc_7llm")
 POLICIES = ("greedy", "thompson", "optimistic")
 STARTS = (0, 20)
 OFFLINE_N = (0, 10, 20, 50, 100, 200, 400, 800)
+# One grid of new-LLM label counts for both sides: online after its j-th arrived outcome, offline with j labels.
+GRID = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 125, 150, 200, 250, 300, 400, 500, 600, 800, 1000,
+        1250, 1500, 2000, 2500, 3000, 4000, 5000)
+LABEL_FIRST = (20, 50, 100)  # fixed label budgets of "label first" onboarding, besides the seed's labels-to-80
 FEEDBACK = {"delay 250": dict(delays=250), "30% observed": dict(p_observe=0.3), "20% flipped": dict(flips=0.2)}
 EVERY = 250  # requests between evaluations of the learner's rule
 CAP = 0.2
@@ -172,6 +187,7 @@ def run_seed(name, data, seed, n_requests, k):
     choice, error, arrived = np.asarray(r.choice), np.asarray(r.error), np.asarray(r.arrived)
     u_stream = u_te[order]  # [T, m]
     u_full_stream = u_stream[np.arange(n_requests), full_te[order]]
+    cl_stream = cl_te[order]
     out = {"dataset": name, "seed": seed, "new": names[new], "lam": lam, "full_gain": float(U_full - U_zero),
            "replay_seconds": replay_s, "settings": {}}
     checkpoints = np.arange(EVERY, n_requests + 1, EVERY)
@@ -192,6 +208,20 @@ def run_seed(name, data, seed, n_requests, k):
         c0, s0 = c0s[s][new], s0s[s][new]
         shares, outcomes = [], []
         cl_stream = cl_te[order]
+        # The estimate after the j-th arrived outcome, j on GRID (outcomes in the order they land).
+        idx = np.flatnonzero(got)
+        idx = idx[np.argsort(land[idx], kind="stable")]
+        grid_share = {}
+        for j in GRID:
+            if j > idx.size:
+                break
+            sel_j = idx[:j]
+            cn = c0 + np.bincount(cl_stream[sel_j], minlength=k)
+            se = s0 + np.bincount(cl_stream[sel_j], weights=error[s][sel_j], minlength=k)
+            grid_share[j] = float(share_of_gain(est.estimate(cn, se)[0]))
+        reach_g = [j for j, sh in grid_share.items() if sh >= 0.8]
+        row["grid_share"] = {str(j): round(v, 4) for j, v in grid_share.items()}
+        row["outcomes_to_80_grid"] = reach_g[0] if reach_g else None
         for cp in checkpoints:
             sel = got & (land <= cp)
             cn = c0 + np.bincount(cl_stream[sel], minlength=k)
@@ -230,11 +260,45 @@ def run_seed(name, data, seed, n_requests, k):
         reg = np.cumsum(u_full_stream - u_stream[np.arange(n_requests), ch[order]])
         offline[n_lab] = {"share": float(share_of_gain(rows[new])), "regret": float(reg[-1]),
                           "regret_path": reg[checkpoints - 1].round(2).tolist()}
+    # Offline on the same grid as online: j random validation labels (first grid value reaching 0.8).
+    off_grid = {}
+    for j in GRID:
+        if j > len(va):
+            break
+        c0, s0 = start_labels(j, 1)
+        off_grid[j] = float(share_of_gain(est.estimate(c0[new], s0[new])[0]))
+    reach_g = [j for j, sh in off_grid.items() if sh >= 0.8]
+    out["offline_grid_share"] = {str(j): round(v, 4) for j, v in off_grid.items()}
+    out["offline_labels_to_80_grid"] = reach_g[0] if reach_g else None
+    # "Label first": the first n requests go to the new LLM (its labels, on the stream's prompts), then
+    # every request is routed by the rule at the estimate from those n labels; regret counts all requests.
+    q_stream = quality[te][order]
+    out["label_first"] = {}
+    budgets = dict.fromkeys(LABEL_FIRST)
+    if out["offline_labels_to_80_grid"] is not None:
+        budgets = {"labels_to_80": out["offline_labels_to_80_grid"], **{str(b): b for b in LABEL_FIRST}}
+    else:
+        budgets = {str(b): b for b in LABEL_FIRST}
+    for key, n_lab in budgets.items():
+        n_lab = min(n_lab, n_requests)
+        cn = np.bincount(cl_stream[:n_lab], minlength=k).astype(np.float32)
+        se = np.bincount(cl_stream[:n_lab], weights=1.0 - q_stream[:n_lab, new], minlength=k).astype(np.float32)
+        rows = psi.copy()
+        rows[new] = est.estimate(cn, se)[0]
+        ch = rule_choice(rows, cl_te, cost, lam, everyone)[order]
+        ch[:n_lab] = new
+        reg = np.cumsum(u_full_stream - u_stream[np.arange(n_requests), ch])
+        out["label_first"][key] = {"n": int(n_lab), "regret": float(reg[-1]), "regret_path": reg[checkpoints - 1].round(2).tolist(),
+                                   "share": float(share_of_gain(rows[new]))}
     reach = [n_lab for n_lab in sorted(offline) if n_lab in OFFLINE_N and offline[n_lab]["share"] >= 0.8]
     out["offline"] = {str(kk): {"share": round(v["share"], 4), "regret": round(v["regret"], 2)} for kk, v in offline.items()}
     out["offline_labels_to_80"] = reach[0] if reach else None
     same = offline[min(out["settings"]["thompson 0"]["outcomes_total"], len(va))]
-    out["settings"]["offline (same n)"] = {"regret": same["regret"], "regret_path": same["regret_path"]}
+    out["settings"]["offline (same n, labels not charged)"] = {"regret": same["regret"], "regret_path": same["regret_path"]}
+    lf = out["label_first"].get("labels_to_80", {"regret": None, "regret_path": None})
+    out["settings"]["label first (n = offline labels to 80%)"] = {"regret": lf["regret"], "regret_path": lf["regret_path"]}
+    for b in LABEL_FIRST:
+        out["settings"][f"label first (n = {b})"] = {k2: out["label_first"][str(b)][k2] for k2 in ("regret", "regret_path")}
     return out
 
 
@@ -282,6 +346,22 @@ def _ci(values):
     return {"mean": float(v.mean()), "ci": float(half), "median": float(np.median(v)), "n": int(v.size)}
 
 
+def _paired(a, b, n_boot=2000):
+    """Per-seed `a - b` (None: not reached, taken as +inf for wins/ties/losses): mean, bootstrap 95% interval
+    over the seeds where both are finite, and wins (a < b) / ties / losses."""
+    inf = float("inf")
+    a = [inf if v is None else float(v) for v in a]
+    b = [inf if v is None else float(v) for v in b]
+    d = np.asarray([x - y for x, y in zip(a, b) if np.isfinite(x) and np.isfinite(y)])
+    out = {"wins": sum(x < y for x, y in zip(a, b)), "ties": sum(x == y for x, y in zip(a, b)),
+           "losses": sum(x > y for x, y in zip(a, b)), "n": int(d.size)}
+    if d.size:
+        boot = np.random.default_rng(0).choice(d, (n_boot, d.size)).mean(1)
+        out.update(mean=float(d.mean()), median=float(np.median(d)), lo=float(np.quantile(boot, 0.025)),
+                   hi=float(np.quantile(boot, 0.975)))
+    return out
+
+
 def summarise(results: list[dict]) -> dict:
     out = {}
     for ds in dict.fromkeys(r["dataset"] for r in results):
@@ -294,6 +374,18 @@ def summarise(results: list[dict]) -> dict:
                  "no_gain": len(rs) - len(gained),
                  "offline_labels_to_80": _ci([r["offline_labels_to_80"] for r in gained]),
                  "offline_never_80": sum(r["offline_labels_to_80"] is None for r in gained), "settings": {}}
+        off80 = [r.get("offline_labels_to_80_grid") for r in gained]
+        entry["grid"] = {"offline_labels_to_80": _ci(off80), "offline_never_80": sum(v is None for v in off80),
+                         "online": {}, "regret_vs_label_first": {}}
+        for lab in ("thompson 0", "optimistic 0", "greedy 0", "thompson 20"):
+            on80 = [r["settings"][lab].get("outcomes_to_80_grid") for r in gained]
+            entry["grid"]["online"][lab] = {"outcomes_to_80": _ci(on80), "never_80": sum(v is None for v in on80),
+                                            "minus_offline": _paired(on80, off80)}
+        for lf in [k2 for k2 in labels if k2.startswith("label first")]:
+            for lab in ("thompson 0", "thompson 20"):
+                both = [r for r in rs if r["settings"][lf]["regret"] is not None]
+                entry["grid"]["regret_vs_label_first"][f"{lab} - {lf}"] = _paired(
+                    [r["settings"][lab]["regret"] for r in both], [r["settings"][lf]["regret"] for r in both])
         for lab in labels:
             rows = [r["settings"][lab] for r in rs]
             e = {}
@@ -330,8 +422,11 @@ def markdown(summary: dict, thr: dict, args) -> str:
              "cumulative utility (`quality - lam * cost`) lost against full-label UniRoute on the same stream. "
              "Outcomes / labels to 80%: see the module docstring; `never` counts seeds that did not reach 80% "
              "(outcomes: within the horizon; labels: within the largest grid value, 800), left out of the mean. "
-             "`offline (same n)` labels as many random validation prompts up front as `thompson 0` received "
-             "outcomes; the cost of those labels is not charged to its regret. Streams draw the test prompts with "
+             "`offline (same n, labels not charged)` labels as many random validation prompts up front as `thompson 0` "
+             "received outcomes; the cost of those labels is not charged to its regret. `label first (n = ...)` sends "
+             "the first n requests of the stream to the new LLM as its labels (their utility lost is in its regret), "
+             "then routes by the rule at the estimate from them; n = the seed's offline labels to 80% on the shared "
+             "grid, or fixed. Streams draw the test prompts with "
              "replacement: on alpacaeval (805 prompts: about 240 test and 80 validation prompts) each test prompt "
              "recurs about 20 times, so outcomes learnt online are partly on the prompts scored, against full "
              "labels from 80 prompts; a negative regret there means online beats full labels on that stream.", ""]
@@ -340,7 +435,7 @@ def markdown(summary: dict, thr: dict, args) -> str:
                   f"ZeroRouter {_fmt(e['full_gain'], 4)} utility per request (not positive in {e['no_gain']} seeds, left out of "
                   f"the 80% measures); offline labels to 80%: {_fmt(e['offline_labels_to_80'])} "
                   f"(never: {e['offline_never_80']}).", "",
-                  f"| method | regret at {args.requests:,} | new-LLM outcomes to 80% (never) | outcomes received | traffic to new LLM |",
+                  f"| method | regret at {args.requests:,} | new-LLM outcomes to 80%, checked every {EVERY} requests (never) | outcomes received | traffic to new LLM |",
                   "|---|---|---|---|---|"]
         for lab, s in e["settings"].items():
             if "regret" not in s:
@@ -348,6 +443,25 @@ def markdown(summary: dict, thr: dict, args) -> str:
             never = f" ({s['never_80']})" if "never_80" in s else ""
             lines.append(f"| {lab} | {_fmt(s['regret'])} | {_fmt(s.get('outcomes_to_80'))}{never} | "
                          f"{_fmt(s.get('outcomes_total'))} | {_fmt(s.get('new_traffic'), 3)} |")
+        g = e.get("grid")
+        if g:
+            lines += ["", f"Same grid for both sides (new-LLM label counts {', '.join(map(str, GRID[:12]))}, ...): offline "
+                      f"labels to 80% {_fmt(g['offline_labels_to_80'])} (never: {g['offline_never_80']}). Paired per seed, "
+                      "online minus offline (mean, bootstrap 95% interval over seeds where both reach 80%; wins = "
+                      "online needs fewer, a side that never reaches 80% counts as infinite):", "",
+                      "| online method | outcomes to 80% (never) | online - offline | 95% interval | wins / ties / losses |",
+                      "|---|---|---|---|---|"]
+            for lab, o in g["online"].items():
+                d = o["minus_offline"]
+                lines.append(f"| {lab} | {_fmt(o['outcomes_to_80'])} ({o['never_80']}) | {d.get('mean', float('nan')):.1f} | "
+                             f"[{d.get('lo', float('nan')):.1f}, {d.get('hi', float('nan')):.1f}] | "
+                             f"{d['wins']} / {d['ties']} / {d['losses']} |")
+            lines += ["", "Regret at the horizon, paired per seed against \"label first\" onboarding (its first n requests "
+                      "sent to the new LLM as labels, charged to its regret; wins = online regret lower):", "",
+                      "| pair | seeds | mean difference | 95% interval | wins / ties / losses |", "|---|---|---|---|---|"]
+            for lab, d in g["regret_vs_label_first"].items():
+                lines.append(f"| {lab} | {d['n']} | {d.get('mean', float('nan')):.1f} | [{d.get('lo', float('nan')):.1f}, "
+                             f"{d.get('hi', float('nan')):.1f}] | {d['wins']} / {d['ties']} / {d['losses']} |")
         lines += ["", "Zero-label checks:", ""]
         for lab, s in e["settings"].items():
             if "served_where_best_500_1000" in s:
@@ -378,11 +492,14 @@ def plot(results: list[dict], path: Path, n_requests: int) -> None:
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets), 3.0), squeeze=False)
     x = np.arange(EVERY, n_requests + 1, EVERY)
-    show = {"thompson 0": "C0", "optimistic 0": "C2", "greedy 0": "C3", "litellm 0": "C1", "offline (same n)": "C4",
+    show = {"thompson 0": "C0", "optimistic 0": "C2", "greedy 0": "C3", "litellm 0": "C1", "offline (same n, labels not charged)": "C4",
+            "label first (n = 50)": "C5",
             "thompson 20": "C0"}
     for ax, ds in zip(axes[0], datasets):
         rs = [r for r in results if r["dataset"] == ds]
         for lab, col in show.items():
+            if lab not in rs[0]["settings"]:  # runs stored before a setting existed
+                continue
             p = np.asarray([r["settings"][lab]["regret_path"] for r in rs])
             ax.plot(x, p.mean(0), color=col, ls="--" if lab.endswith("20") else "-", lw=1.2, label=lab)
         ax.set_title(f"{ds} ({len(rs)} seeds)", fontsize=8)

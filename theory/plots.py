@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import uniroute_jax as ur  # noqa: E402
-from theory import bayes, bounds, experiments, meta, pacing  # noqa: E402
+from theory import bayes, bounds, experiments, meta, online, pacing  # noqa: E402
 from theory.baselines import prompt_agnostic_frontier  # noqa: E402
 
 HET_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -578,6 +578,8 @@ def verdicts(s: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     if "pacing" in s:  # online budget pacing: target "fixed" is the theorem, "remaining" is reported
         out += pacing.verdicts(s["pacing"])
+    if "online" in s:  # online learning of a new LLM: Thompson's sublinear regret is the theorem
+        out += online.verdicts(s["online"])
     return out
 
 
@@ -650,6 +652,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
               f"{fs['min_coverage_minus_nominal']:+.3f}.", ""]
     if "pacing" in s:
         lines += pacing.summary_lines(s["pacing"])
+    if "online" in s:
+        lines += online.summary_lines(s["online"])
     if "verdicts" in s:
         lines += ["## Verdicts", "", "Margin: slack when positive, size of the violation when negative.", "",
                   "| check | theorem | verdict | margin | detail |", "|---|---|---|---|---|"]
@@ -695,6 +699,8 @@ def run_all(out_dir: str, *, quick: bool = False, seed: int = 0, verbose: bool =
     plot_coverage(fs, run, os.path.join(out_dir, "finite_sample_coverage.png"))
     pac = pacing.run_study(pacing.QUICK if quick else pacing.FULL, seed, log)
     pacing.plot(pac, os.path.join(out_dir, "pacing_regret.png"))
+    onl = online.run_study(online.QUICK if quick else online.FULL, seed, log)
+    online.plot(onl, os.path.join(out_dir, "online_regret.png"))
     log("figures written")
 
     summary = {
@@ -709,6 +715,7 @@ def run_all(out_dir: str, *, quick: bool = False, seed: int = 0, verbose: bool =
         "prop2": summarise_prop2(rec),
         "finite_sample": summarise_finite(fs, run),
         "pacing": pac,
+        "online": onl,
     }
     summary["verdicts"] = verdicts(summary)
     summary["wall_seconds"] = time.time() - t0

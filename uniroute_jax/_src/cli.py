@@ -448,7 +448,9 @@ def _cmd_evaluate(args) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list(ev.DEFAULT_METHODS)
     aliases = {m.lower(): m for m in ev.METHODS}
     aliases.update({"zero": ev.ZERO, "knn": ev.KNN, "kmeans": ev.KMEANS, "learnedmap": ev.LEARNED, "mlp": ev.MLP,
-                    "mlp-retrained": ev.MLP_RETRAINED, "oracle": ev.ORACLE})
+                    "mlp-retrained": ev.MLP_RETRAINED, "oracle": ev.ORACLE, "hiershrink": "HierShrink",
+                    "hiershrink-tuned": "HierShrink (tuned)", "difficulty": "difficulty-weighted",
+                    "knn-tuned": "k-NN (tuned)", "irt": "IRT"})
     unknown = [m for m in methods if m.lower() not in aliases]
     if unknown:
         raise CLIError(f"unknown methods {unknown}; choose from {sorted(aliases)}")
@@ -844,7 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", help="a dataset folder (prompts.csv, quality.csv, models.csv[, embeddings.npy])")
     src.add_argument("--shared", help="a staged dataset: routerbench_partial, alpacaeval, routerdc_7llm")
     e.add_argument("--trials", type=int, default=20, help="random splits (default 20)")
-    e.add_argument("--methods", help="comma-separated: zero,knn,kmeans,learnedmap,mlp,mlp-retrained,oracle")
+    e.add_argument("--methods", help="comma-separated: zero,knn,kmeans,learnedmap,mlp,mlp-retrained,oracle; the peers' "
+                   "onboarding methods hiershrink,hiershrink-tuned,difficulty,knn-tuned,irt")
     e.add_argument("--k-grid", help="comma-separated candidate K (default 5,10,25,50,100)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")

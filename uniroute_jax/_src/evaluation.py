@@ -35,13 +35,14 @@ from uniroute_jax._src.estimators import METHODS as ESTIMATORS
 from uniroute_jax._src.estimators import default_n_groups, estimate_kernel, fit_kernel
 from uniroute_jax._src.kmeans import assign_kernel, kmeans_kernel
 from uniroute_jax._src.knn import knn_kernel
+from uniroute_jax._src.peers import PEERS, peer, peer_view
 from uniroute_jax._src.routing import RoutingUnits
 from uniroute_jax._src.sharding import trial_mesh, trial_vmap
 
 ZERO, KNN, KMEANS, LEARNED, MLP, MLP_RETRAINED, ORACLE = (
     "ZeroRouter", "K-NN", "UniRoute (K-Means)", "UniRoute (LearnedMap)", "MLP (clairvoyant)", "MLP (retrained)",
     "Oracle")
-METHODS = (ZERO, KNN, KMEANS, LEARNED, MLP, MLP_RETRAINED, ORACLE)
+METHODS = (ZERO, KNN, KMEANS, LEARNED, MLP, MLP_RETRAINED, ORACLE) + PEERS
 DEFAULT_METHODS = (ZERO, KNN, KMEANS, LEARNED, MLP, ORACLE)
 COST_GRID = np.linspace(0.0, 1.0, 101)
 
@@ -370,7 +371,9 @@ def evaluate(
 
     Args:
       dataset: a `RoutingDataset` with `embeddings` (embed its texts first if needed).
-      methods: any of `METHODS`.
+      methods: any of `METHODS`; the peers' onboarding methods (`peers.PEERS`) are fitted per trial
+        on the training LLMs and given the unseen LLMs' validation labels, on UniRoute (K-Means)'s
+        clusters where they use ours.
       n_trials: overrides `config.n_trials`.
       config: `ProtocolConfig` (defaults otherwise).
       progress: progress lines on stderr.
@@ -449,7 +452,8 @@ def evaluate(
         results[ZERO], grids[ZERO] = m, g
         seconds[ZERO] = time.perf_counter() - t0
 
-    if KMEANS in methods or LEARNED in methods:
+    peers = [m for m in methods if m in PEERS]
+    if KMEANS in methods or LEARNED in methods or peers:
         t0 = time.perf_counter()
         rank = max(1, min(2, int(splits.seen[0].sum()) - 1))  # factors of the "prior" estimator, as fit_estimator
         sel_all, test_all, grid_all, cents_all = [], [], [], []
@@ -498,6 +502,22 @@ def evaluate(
         m, g = _trial_fn("oracle", mesh)(quality, prompt_costs, costs, sp["test"], sp["unseen"])
         results[ORACLE], grids[ORACLE] = m, g
         seconds[ORACLE] = time.perf_counter() - t0
+
+    for name in peers:
+        t0 = time.perf_counter()
+        fit, predict = peer(name)
+        fit, predict = jax.jit(fit), jax.jit(predict)
+        per = []
+        for t in range(T):
+            view = peer_view(quality, label_mask, sp["train"][t], sp["val"][t], sp["unseen"][t])
+            params = fit(jax.random.fold_in(keys[t], 2), emb, *view, sp["train"][t], sp["val"][t], sp["seen"][t],
+                         jnp.asarray(centroids[t]), jnp.asarray([n_va], jnp.int32))
+            est = predict(params, emb, *view, sp["val"][t], sp["test"][t], sp["seen"][t], jnp.ones(n_va, bool))
+            per.append(_fixed_estimates_trial(est, quality, prompt_costs, costs, sp["test"][t], sp["unseen"][t]))
+        results[name] = jax.tree.map(lambda *a: np.stack(a), *[p[0] for p in per])
+        grids[name] = np.stack([np.asarray(p[1]) for p in per])
+        seconds[name] = time.perf_counter() - t0
+        _log(progress, f"{name} done ({seconds[name]:.1f}s)")
 
     trained = [m for m in (LEARNED, MLP, MLP_RETRAINED) if m in methods]
     if trained:

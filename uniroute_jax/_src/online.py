@@ -73,7 +73,10 @@ from uniroute_jax._src.estimators import (
     Estimate,
     Estimator,
     EstimatorParams,
+    _STEP_SCALES,
     _cell_prediction,
+    _log_posterior,
+    _logistic_map,
     _mixture_posterior,
     _shrinkage_one,
 )
@@ -84,6 +87,8 @@ POLICIES = ("greedy", "thompson", "optimistic")
 SLACK = 1e-4
 """Rounding allowance of the caps, in requests: float32 products of a share and a count."""
 N_UNIFORMS = 3
+NEWTON_STEPS = 4
+"""Warm-started Newton steps per request of the replay's `prior` estimate (`replay_online`)."""
 """Uniforms per request besides the Thompson draws: the outcome, whether it arrives, whether it is flipped."""
 
 
@@ -148,6 +153,15 @@ def fold(state: OnlineState, model, cluster, error, weight, xp=np) -> OnlineStat
 # ------------------------------------------------------------------------- replay kernel
 
 
+def _prior_from_cell(params, counts, error_sums, k, z, var) -> Estimate:
+    """Column `k` of the `prior` kernel (`[]` fields) from cluster `k`'s predicted logit and variance."""
+    one = lambda x: x[k][None]
+    mixed = _mixture_posterior(params.tau_weights, z[None], var[None], one(counts), one(error_sums),
+                               one(params.support))
+    shrunk = jax.tree.map(one, _shrinkage_one(params, counts, error_sums))
+    return jax.tree.map(lambda a, b: jnp.where(params.use_prior, a, b)[0], mixed, shrunk)
+
+
 def _prior_cluster(params, counts, error_sums, k) -> Estimate:
     """Column `k` of the `prior` kernel for one LLM, computed alone (`[]` fields).
 
@@ -155,11 +169,43 @@ def _prior_cluster(params, counts, error_sums, k) -> Estimate:
     needs only the request's cluster, so this is the same computation for that one column, K
     times cheaper. `tests/test_online.py` checks it against the full kernel."""
     z, var = _cell_prediction(params, counts, error_sums, k)
-    one = lambda x: x[k][None]
-    mixed = _mixture_posterior(params.tau_weights, z[None], var[None], one(counts), one(error_sums),
-                               one(params.support))
-    shrunk = jax.tree.map(one, _shrinkage_one(params, counts, error_sums))
-    return jax.tree.map(lambda a, b: jnp.where(params.use_prior, a, b)[0], mixed, shrunk)
+    return _prior_from_cell(params, counts, error_sums, k, z, var)
+
+
+def _leave_out_maps(params, counts, error_sums):
+    """`[n_clusters, dim]` leave-cluster-`k`-out MAP `v` of one LLM for every `k`, fitted in full."""
+    f = params.factors
+    keep = 1.0 - jnp.eye(f.shape[0], dtype=counts.dtype)
+    return jax.vmap(lambda w: _logistic_map(params, counts * w, error_sums * w))(keep)
+
+
+def _prior_cluster_warm(params, counts, error_sums, k, v0, n_steps: int):
+    """`(estimate, v)`: `_prior_cluster` with the leave-`k`-out MAP refined by `n_steps` Newton steps
+    from `v0` (the MAP of an earlier request of cluster `k`) instead of fitted from the prior mean.
+
+    Between two requests of a cluster only a few labels arrive, so the old MAP is close to the new
+    one and the Newton steps on the strictly concave posterior converge quadratically from it; the
+    step-size search of `_logistic_map` is kept, so a far start still ascends."""
+    f = params.factors
+    keep = 1.0 - jax.nn.one_hot(k, f.shape[0], dtype=counts.dtype)
+    n, e = counts * keep, error_sums * keep
+    scales = jnp.asarray(_STEP_SCALES, v0.dtype)
+
+    def step(_, v):
+        m = jax.nn.sigmoid(f @ v + params.offsets)
+        grad = f.T @ (e - n * m) - params.v_precision @ (v - params.v_mean)
+        hess = (f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision
+        delta = jnp.linalg.solve(hess, grad)
+        cand = v[None, :] + scales[:, None] * delta[None, :]
+        value = jax.vmap(lambda c: _log_posterior(params, n, e, c))(cand)
+        return cand[jnp.argmax(value)]
+
+    v = jax.lax.fori_loop(0, n_steps, step, v0)
+    m = jax.nn.sigmoid(f @ v + params.offsets)
+    cov_v = jnp.linalg.inv((f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision)
+    g = v.at[0].set(1.0)  # d logit_k / d (b_k, u_k), as in `_cell_prediction`
+    z, var = f[k] @ v + params.offsets[k], f[k] @ cov_v @ f[k] + g @ params.factor_cov[k] @ g
+    return _prior_from_cell(params, counts, error_sums, k, z, var), v
 
 
 def cluster_estimate(params: EstimatorParams, counts: jax.Array, error_sums: jax.Array, k: jax.Array, *,
@@ -170,6 +216,21 @@ def cluster_estimate(params: EstimatorParams, counts: jax.Array, error_sums: jax
         return _prior_cluster(params, counts, error_sums, k)
     return jax.tree.map(lambda x: x[k], _ONE[method](params, counts, error_sums))
 
+
+
+def warm_cache(params, counts, error_sums) -> jax.Array:
+    """`[n_new, n_clusters, dim]` leave-cluster-out MAPs of the new LLMs' `[n_new, n_clusters]` counts."""
+    return jax.vmap(_leave_out_maps, in_axes=(None, 0, 0))(params, counts, error_sums)
+
+
+def warm_estimates(params, counts, error_sums, k, cache, *, n_steps: int):
+    """`(estimate, cache)`: the new LLMs' `prior` estimates in cluster `k` (`[n_new]` fields) from
+    their `[n_new, n_clusters]` counts, each cluster-`k` MAP refined from `cache[:, k]`, and the
+    cache with those MAPs written back. Labels of cluster `k` do not enter its leave-out MAP, so an
+    entry goes stale only by labels of other clusters, and is refined when its cluster comes again."""
+    est, v = jax.vmap(functools.partial(_prior_cluster_warm, n_steps=n_steps), in_axes=(None, 0, 0, None, 0))(
+        params, counts, error_sums, k, cache[:, k])
+    return est, cache.at[:, k].set(v)
 
 
 class OnlineReplay(NamedTuple):
@@ -190,16 +251,22 @@ def uniforms(key: jax.Array, n_requests: int, n_new: int) -> jax.Array:
 
 
 def _replay_one(params, psi, costs, quality, clusters, model_mask, order, key, new, counts0, sums0, policy,
-                explore_cap, llm_cap, bonus, lam, delay, p_observe, flip, weight, *, method: str, max_delay: int):
+                explore_cap, llm_cap, bonus, lam, delay, p_observe, flip, weight, *, method: str, max_delay: int,
+                newton_steps: int | None = None):
     m, K = psi.shape
     n_new = new.shape[0]
     L = max_delay + 1
-    estimate = jax.vmap(functools.partial(cluster_estimate, method=method), in_axes=(None, 0, 0, None))
+    warm = method == "prior" and newton_steps is not None
+    if warm:
+        cache0 = warm_cache(params, counts0[new], sums0[new])
+    else:
+        estimate = jax.vmap(functools.partial(cluster_estimate, method=method), in_axes=(None, 0, 0, None))
+        cache0 = jnp.zeros((n_new, K, 0), counts0.dtype)
     u_all = uniforms(key, order.shape[0], n_new)
     c = costs
 
     def body(carry, t):
-        state, b_model, b_cluster, b_error, b_live = carry
+        state, cache, b_model, b_cluster, b_error, b_live = carry
         # Outcomes due now arrive before the decision.
         slot = t % L
         state = jax.tree.map(lambda new_, old: jnp.where(b_live[slot], new_, old),
@@ -208,7 +275,11 @@ def _replay_one(params, psi, costs, quality, clusters, model_mask, order, key, n
         i = order[t]
         k = clusters[i]
         u = u_all[t]
-        est = estimate(params, state.counts[new], state.error_sums[new], k)
+        if warm:
+            est, cache = warm_estimates(params, state.counts[new], state.error_sums[new], k, cache,
+                                        n_steps=newton_steps)
+        else:
+            est = estimate(params, state.counts[new], state.error_sums[new], k)
         p_k, a_k, b_k = est.psi, est.a, est.b
         draw = _beta_quantile(a_k, b_k, u[N_UNIFORMS:])
         greedy_err = psi[:, k].at[new].set(p_k)
@@ -220,27 +291,27 @@ def _replay_one(params, psi, costs, quality, clusters, model_mask, order, key, n
         q = quality[i, served]
         error, arrived = outcome(q, u, flip, p_observe, jnp)
         due = (t + 1 + delay) % L
-        carry = (state, b_model.at[due].set(served), b_cluster.at[due].set(k), b_error.at[due].set(error),
+        carry = (state, cache, b_model.at[due].set(served), b_cluster.at[due].set(k), b_error.at[due].set(error),
                  b_live.at[due].set(arrived))
         return carry, (served, q, greedy, explored, error, arrived)
 
     state0 = OnlineState(counts0, sums0, jnp.zeros(m, counts0.dtype), jnp.zeros((), counts0.dtype))
-    carry0 = (state0, jnp.zeros(L, jnp.int32), jnp.zeros(L, jnp.int32), jnp.zeros(L, counts0.dtype),
+    carry0 = (state0, cache0, jnp.zeros(L, jnp.int32), jnp.zeros(L, jnp.int32), jnp.zeros(L, counts0.dtype),
               jnp.zeros(L, bool))
     (state, *_), outs = jax.lax.scan(body, carry0, jnp.arange(order.shape[0]))
     return OnlineReplay(*outs, state)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "max_delay"))
+@functools.partial(jax.jit, static_argnames=("method", "max_delay", "newton_steps"))
 def online_replay_kernel(params: EstimatorParams, psi: jax.Array, costs: jax.Array, quality: jax.Array,
                          clusters: jax.Array, model_masks: jax.Array, orders: jax.Array, keys: jax.Array,
                          new_models: jax.Array, counts0: jax.Array, error_sums0: jax.Array, policies: jax.Array,
                          explore_caps: jax.Array, llm_caps: jax.Array, bonuses: jax.Array, lams: jax.Array,
                          delays: jax.Array, p_observe: jax.Array, flips: jax.Array, weights: jax.Array, *,
-                         method: str, max_delay: int) -> OnlineReplay:
+                         method: str, max_delay: int, newton_steps: int | None = None) -> OnlineReplay:
     """Unchecked `replay_online`: every per-setting argument has a leading `[n_settings]` axis;
     `params, psi, costs, quality, clusters` are shared."""
-    fn = functools.partial(_replay_one, method=method, max_delay=max_delay)
+    fn = functools.partial(_replay_one, method=method, max_delay=max_delay, newton_steps=newton_steps)
     return jax.vmap(fn, in_axes=(None, None, None, None, None) + (0,) * 15)(
         params, psi, costs, quality, clusters, model_masks, orders, keys, new_models, counts0, error_sums0, policies,
         explore_caps, llm_caps, bonuses, lams, delays, p_observe, flips, weights)
@@ -297,6 +368,7 @@ def replay_online(
     p_observe: ArrayLike = 1.0,
     flips: ArrayLike = 0.0,
     weights: ArrayLike = 1.0,
+    newton_steps: int | None = NEWTON_STEPS,
 ) -> OnlineReplay:
     """Replays request streams through online learning of new LLMs, many settings in one jitted call.
 
@@ -326,6 +398,10 @@ def replay_online(
       p_observe: [n_settings] (or scalar) probability an outcome arrives, in [0, 1].
       flips: [n_settings] (or scalar) probability an arrived outcome is flipped, in [0, 1].
       weights: [n_settings] (or scalar) labels an arrived outcome counts as, >= 0.
+      newton_steps: with the `prior` estimator, the Newton steps that refine each new LLM's
+        leave-cluster-out MAP from its value at the cluster's previous request (carried in the
+        scan) instead of the full fit from the prior mean on every request; `None` refits in
+        full (the serving learner's computation). Ignored by the other estimators.
 
     Returns:
       `OnlineReplay` with a leading `[n_settings]` axis.
@@ -335,6 +411,8 @@ def replay_online(
     """
     if not isinstance(estimator, Estimator):
         raise TypeError(f"estimator must be an Estimator (fit_estimator), got {type(estimator).__name__}")
+    if newton_steps is not None:
+        newton_steps = validation.positive_int(newton_steps, "newton_steps", minimum=0)
     p = validation.unit_interval(validation.float_array(psi, "psi", ndim=2), "psi")
     m, K = p.shape
     if K != estimator.n_clusters:
@@ -389,7 +467,7 @@ def replay_online(
         jnp.asarray(orders), keys, jnp.asarray(new_idx), jnp.asarray(n0), jnp.asarray(e0), jnp.asarray(codes),
         jnp.asarray(caps), jnp.asarray(llm_caps), jnp.asarray(bonuses), jnp.asarray(lams), jnp.asarray(delays),
         jnp.asarray(p_obs), jnp.asarray(flips), jnp.asarray(weights), method=estimator.method,
-        max_delay=int(delays.max()))
+        max_delay=int(delays.max()), newton_steps=newton_steps)
 
 
 # ---------------------------------------------------------------------- serving learner
