@@ -89,7 +89,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -100,10 +99,9 @@ import numpy as np
 from jax.typing import ArrayLike
 
 import uniroute_jax as ur
+from theory.summary_merge import merge_study
 from theory import bayes
-from uniroute_jax._src.filelock import locked
 from uniroute_jax._src.pacing import FLOOR
-from uniroute_jax._src.persistence import write_atomic
 from uniroute_jax.kernels import replay_kernel
 
 SLOPE_TOL = 0.1
@@ -716,57 +714,12 @@ def plot(p: dict[str, Any], path: str | Path) -> None:
 # ------------------------------------------------------------------------------ command
 
 
-def _splice(md: str, section: list[str]) -> str:
-    """`md` with its pacing section replaced by `section` (placed before `## Verdicts`, or last)."""
-    lines = md.rstrip("\n").split("\n")
-    head = section[0]
-    if head in lines:  # drop the old section: up to the next heading of the same level
-        i = lines.index(head)
-        j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
-        del lines[i:j]
-    at = lines.index("## Verdicts") if "## Verdicts" in lines else len(lines)
-    return "\n".join(lines[:at] + section + lines[at:]) + "\n"
-
-
 def merge_into(out_dir: str | Path, p: dict[str, Any]) -> dict[str, Any]:
-    """Puts the study into `out_dir/summary.json` (written by `theory.plots`) and `summary.md`; the
-    other studies' numbers are kept as they are.
-
-    The verdicts and `summary.md` are rendered anew (`plots.verdicts`, `plots.summary_markdown`)
-    when the summary holds every field the current checks read. A summary written by an older
-    `theory.plots` does not: then only the pacing verdicts are renewed, and the pacing section
-    (with its verdicts) is spliced into the existing `summary.md`.
-    """
-    from theory import plots  # noqa: PLC0415  (plots imports this module)
-
-    out_dir = Path(out_dir)
-    path = out_dir / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `python -m theory.plots --out {out_dir}` first")
-    with locked(path):
-        s = json.loads(path.read_text())
-        s["pacing"] = p
-        try:
-            s["verdicts"] = plots.verdicts(s)
-            md = plots.summary_markdown(s)
-        except KeyError as err:
-            print(f"theory.pacing: {path} predates the check reading {err}; only the pacing verdicts are renewed "
-                  f"(a full `python -m theory.plots --out {out_dir}` renews the rest)", file=sys.stderr)
-            ours = verdicts(p)
-            s["verdicts"] = [v for v in s.get("verdicts", []) if not v["check"].startswith("Pacing")] + ours
-            md_path = out_dir / "summary.md"
-            cell = lambda text: text.replace("|", "\\|")  # noqa: E731
-            table = ["Verdicts of this study (margin: slack when positive, size of the violation when negative):",
-                     "", "| check | theorem | verdict | margin | detail |", "|---|---|---|---|---|"]
-            table += [f"| {cell(v['check'])} | {'yes' if v['theorem'] else 'no (reported)'} | "
-                      f"{'holds' if v['holds'] else 'FAILS'} | {v['margin']:+.3g} | {cell(v['detail'])} |"
-                      for v in ours]
-            md = _splice(md_path.read_text() if md_path.is_file() else "", summary_lines(p) + table + [""])
-        with write_atomic(path, "w") as f:
-            json.dump(s, f, indent=1, default=float)
-        with write_atomic(out_dir / "summary.md", "w") as f:
-            f.write(md)
-    return s
+    """Puts the study into `out_dir/summary.json` (written by `theory.plots`) and `summary.md`
+    (`summary_merge.merge_study`; a summary from an older `theory.plots` gets only this study's
+    verdicts and section renewed)."""
+    return merge_study(out_dir, "pacing", p, verdicts=verdicts, summary_lines=summary_lines, check_prefix="Pacing",
+                       name="pacing")
 
 
 def main(argv=None) -> int:
