@@ -182,10 +182,10 @@ def _log_posterior(params, counts, error_sums, v):
 _STEP_SCALES = (1.0, 0.5, 0.25, 0.1, 0.0)
 
 
-def _logistic_map(params, counts, error_sums, n_steps: int = 30):
-    """MAP `(a, v)` of one LLM under the Gaussian prior: Newton steps with a step-size search over
-    `_STEP_SCALES` (a plain Newton step can overshoot far from the optimum; the posterior is
-    strictly concave, so the ascent converges)."""
+def _logistic_map(params, counts, error_sums, n_steps: int = 30, v0=None):
+    """MAP `(a, v)` of one LLM under the Gaussian prior: Newton steps from `v0` (default the prior
+    mean) with a step-size search over `_STEP_SCALES` (a plain Newton step can overshoot far from
+    the optimum; the posterior is strictly concave, so the ascent converges)."""
     f = params.factors
     scales = jnp.asarray(_STEP_SCALES)
 
@@ -198,21 +198,28 @@ def _logistic_map(params, counts, error_sums, n_steps: int = 30):
         value = jax.vmap(lambda c: _log_posterior(params, counts, error_sums, c))(cand)
         return cand[jnp.argmax(value)]
 
-    return jax.lax.fori_loop(0, n_steps, step, params.v_mean)
+    return jax.lax.fori_loop(0, n_steps, step, params.v_mean if v0 is None else v0)
 
 
 def _cell_prediction(params, counts, error_sums, k):
     """Logit of cluster `k` predicted from the LLM's labels in the other clusters, `[]`, and the
     prediction's variance `[]`: that of the LLM's `(a, v)` (Laplace at the MAP) plus that of the
     cluster's own `(b_k, u_k)` (`factor_cov`). The cluster's own labels never enter its prior."""
+    z, var, _ = _cell_prediction_from(params, counts, error_sums, k)
+    return z, var
+
+
+def _cell_prediction_from(params, counts, error_sums, k, n_steps: int = 30, v0=None):
+    """`_cell_prediction` with its leave-`k`-out MAP found by `n_steps` Newton steps from `v0`
+    (default: 30 from the prior mean), and that MAP: `(z, var, v)`."""
     f = params.factors
     keep = 1.0 - jax.nn.one_hot(k, f.shape[0], dtype=counts.dtype)
     n, e = counts * keep, error_sums * keep
-    v = _logistic_map(params, n, e)
+    v = _logistic_map(params, n, e, n_steps, v0)
     m = jax.nn.sigmoid(f @ v + params.offsets)
     cov_v = jnp.linalg.inv((f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision)
     g = v.at[0].set(1.0)  # d logit_k / d (b_k, u_k)
-    return f[k] @ v + params.offsets[k], f[k] @ cov_v @ f[k] + g @ params.factor_cov[k] @ g
+    return f[k] @ v + params.offsets[k], f[k] @ cov_v @ f[k] + g @ params.factor_cov[k] @ g, v
 
 
 def _cell_predictions(params, counts, error_sums):

@@ -73,9 +73,8 @@ from uniroute_jax._src.estimators import (
     Estimate,
     Estimator,
     EstimatorParams,
-    _STEP_SCALES,
     _cell_prediction,
-    _log_posterior,
+    _cell_prediction_from,
     _logistic_map,
     _mixture_posterior,
     _shrinkage_one,
@@ -186,25 +185,7 @@ def _prior_cluster_warm(params, counts, error_sums, k, v0, n_steps: int):
     Between two requests of a cluster only a few labels arrive, so the old MAP is close to the new
     one and the Newton steps on the strictly concave posterior converge quadratically from it; the
     step-size search of `_logistic_map` is kept, so a far start still ascends."""
-    f = params.factors
-    keep = 1.0 - jax.nn.one_hot(k, f.shape[0], dtype=counts.dtype)
-    n, e = counts * keep, error_sums * keep
-    scales = jnp.asarray(_STEP_SCALES, v0.dtype)
-
-    def step(_, v):
-        m = jax.nn.sigmoid(f @ v + params.offsets)
-        grad = f.T @ (e - n * m) - params.v_precision @ (v - params.v_mean)
-        hess = (f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision
-        delta = jnp.linalg.solve(hess, grad)
-        cand = v[None, :] + scales[:, None] * delta[None, :]
-        value = jax.vmap(lambda c: _log_posterior(params, n, e, c))(cand)
-        return cand[jnp.argmax(value)]
-
-    v = jax.lax.fori_loop(0, n_steps, step, v0)
-    m = jax.nn.sigmoid(f @ v + params.offsets)
-    cov_v = jnp.linalg.inv((f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision)
-    g = v.at[0].set(1.0)  # d logit_k / d (b_k, u_k), as in `_cell_prediction`
-    z, var = f[k] @ v + params.offsets[k], f[k] @ cov_v @ f[k] + g @ params.factor_cov[k] @ g
+    z, var, v = _cell_prediction_from(params, counts, error_sums, k, n_steps, v0)
     return _prior_from_cell(params, counts, error_sums, k, z, var), v
 
 
