@@ -49,7 +49,7 @@ Metrics (utility `u = quality - lam * cost` of the served model on each request)
     python benchmarks/online_learning.py --quick             # synthetic, 2 seeds
 
 Progress is printed per seed; Ctrl-C writes what finished. Results:
-benchmarks/results/online_learning/{summary.json, online_learning.md, regret.png}.
+benchmarks/results/online_learning/{summary.json, online_learning.md, regret.png, area_windows.png}.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ GRID = (0, 2, 5, 10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 125, 150, 200, 250, 30
 LABEL_FIRST = (20, 50, 100)  # fixed label budgets of "label first" onboarding, besides the seed's labels-to-80
 FEEDBACK = {"delay 250": dict(delays=250), "30% observed": dict(p_observe=0.3), "20% flipped": dict(flips=0.2)}
 EVERY = 250  # requests between evaluations of the learner's rule
+WINDOW = 500  # requests per window of the Area measure
+AREA_SETTINGS = ("thompson 0", "optimistic 0", "greedy 0", "thompson 20")
 CAP = 0.2
 METHOD = "prior"
 
@@ -108,6 +110,16 @@ def litellm_thompson(n0, s0, order_q, cost, lam, mask, rng):
         correct[h] += ok
         wrong[h] += 1 - ok
     return picks
+
+
+def stays_at_80(shares: dict) -> int | None:
+    """The smallest label count from which the share of the gain is >= 0.8 at every larger count of the grid
+    (None when the last one is below): sturdier than the first crossing when the share is noisy."""
+    counts = list(shares)
+    below = [j for j in counts if shares[j] < 0.8]
+    if not counts or (below and below[-1] == counts[-1]):
+        return None
+    return counts[counts.index(below[-1]) + 1] if below else counts[0]
 
 
 def run_seed(name, data, seed, n_requests, k):
@@ -145,6 +157,19 @@ def run_seed(name, data, seed, n_requests, k):
         rows[new] = psi_new
         ch = rule_choice(rows, cl_te, cost, lam, everyone)
         return (u_te[np.arange(len(te)), ch].mean() - U_zero) / max(U_full - U_zero, 1e-12)
+
+    # Area of a rule's whole curve (lam swept) on the test prompts, normalised by the pool's top cost.
+    units = ur.make_units(cl_te, n_units=k, quality=quality[te], costs=cost)
+    ref = ur.pool_reference(cost, quality[te].mean(0))
+
+    def area(rows, u=units, pool=None):
+        c = ur.exact_curve(rows, u, cost, pool_masks=None if pool is None else pool[None])
+        return float(ur.curve_metrics(c.mean_cost[0], c.mean_quality[0], c.valid[0], ref).area)
+
+    def area_of(psi_new):
+        rows = psi.copy()
+        rows[new] = psi_new
+        return area(rows.T)
 
     def start_labels(n_lab, key):
         pick = np.random.default_rng([seed, key]).choice(len(va), n_lab, replace=False)
@@ -189,7 +214,10 @@ def run_seed(name, data, seed, n_requests, k):
     u_full_stream = u_stream[np.arange(n_requests), full_te[order]]
     cl_stream = cl_te[order]
     out = {"dataset": name, "seed": seed, "new": names[new], "lam": lam, "full_gain": float(U_full - U_zero),
-           "replay_seconds": replay_s, "settings": {}}
+           "replay_seconds": replay_s, "settings": {}, "area_full": area(psi.T),
+           "area_zero": area(1.0 - quality[va].mean(0)[None], ur.make_units(np.zeros(len(te), np.int32), n_units=1,
+                                                                        quality=quality[te], costs=cost)),
+           "area_without_new": area(psi.T, pool=others)}
     checkpoints = np.arange(EVERY, n_requests + 1, EVERY)
     for s, (label, start, pol, kw, bad) in enumerate(settings):
         row = {}
@@ -222,16 +250,22 @@ def run_seed(name, data, seed, n_requests, k):
         reach_g = [j for j, sh in grid_share.items() if sh >= 0.8]
         row["grid_share"] = {str(j): round(v, 4) for j, v in grid_share.items()}
         row["outcomes_to_80_grid"] = reach_g[0] if reach_g else None
+        row["outcomes_to_80_grid_stays"] = stays_at_80(grid_share)
+
+        def estimate_by(t, got=got, land=land, c0=c0, s0=s0, s=s):  # the new LLM's row from the outcomes landed by request t
+            sel = got & (land <= t)
+            return est.estimate(c0 + np.bincount(cl_stream[sel], minlength=k),
+                                s0 + np.bincount(cl_stream[sel], weights=error[s][sel], minlength=k))[0]
+
         for cp in checkpoints:
-            sel = got & (land <= cp)
-            cn = c0 + np.bincount(cl_stream[sel], minlength=k)
-            se = s0 + np.bincount(cl_stream[sel], weights=error[s][sel], minlength=k)
-            shares.append(share_of_gain(est.estimate(cn, se)[0]))
-            outcomes.append(int(sel.sum()))
+            shares.append(share_of_gain(estimate_by(cp)))
+            outcomes.append(int((got & (land <= cp)).sum()))
         reach = [o for sh, o in zip(shares, outcomes) if sh >= 0.8]
         row["share_path"] = np.round(shares, 4).tolist()
         row["outcomes_to_80"] = reach[0] if reach else None
         row["outcomes_total"] = outcomes[-1]
+        if label in AREA_SETTINGS:  # the learner's rule at the end of each window, its whole curve on the test prompts
+            row["area_windows"] = [round(area_of(estimate_by(w)), 5) for w in range(WINDOW, n_requests + 1, WINDOW)]
         row["new_traffic"] = float((choice[s] == new).mean())
         if label in ("thompson 0", "optimistic 0", "greedy 0"):
             wins = np.isin(cl_stream, np.unique(cl_te[full_te == new]))
@@ -270,6 +304,9 @@ def run_seed(name, data, seed, n_requests, k):
     reach_g = [j for j, sh in off_grid.items() if sh >= 0.8]
     out["offline_grid_share"] = {str(j): round(v, 4) for j, v in off_grid.items()}
     out["offline_labels_to_80_grid"] = reach_g[0] if reach_g else None
+    out["offline_labels_to_80_grid_stays"] = stays_at_80(off_grid)
+    out["area_offline"] = {str(j): round(area_of(est.estimate(*(a[new] for a in start_labels(j, 1)))[0]), 5)
+                           for j in LABEL_FIRST if j <= len(va)}
     # "Label first": the first n requests go to the new LLM (its labels, on the stream's prompts), then
     # every request is routed by the rule at the estimate from those n labels; regret counts all requests.
     q_stream = quality[te][order]
@@ -377,10 +414,25 @@ def summarise(results: list[dict]) -> dict:
         off80 = [r.get("offline_labels_to_80_grid") for r in gained]
         entry["grid"] = {"offline_labels_to_80": _ci(off80), "offline_never_80": sum(v is None for v in off80),
                          "online": {}, "regret_vs_label_first": {}}
-        for lab in ("thompson 0", "optimistic 0", "greedy 0", "thompson 20"):
+        off80s = [r.get("offline_labels_to_80_grid_stays") for r in gained]
+        entry["grid"]["offline_labels_to_80_stays"] = _ci(off80s)
+        entry["grid"]["offline_never_80_stays"] = sum(v is None for v in off80s)
+        for lab in AREA_SETTINGS:
             on80 = [r["settings"][lab].get("outcomes_to_80_grid") for r in gained]
+            on80s = [r["settings"][lab].get("outcomes_to_80_grid_stays") for r in gained]
             entry["grid"]["online"][lab] = {"outcomes_to_80": _ci(on80), "never_80": sum(v is None for v in on80),
-                                            "minus_offline": _paired(on80, off80)}
+                                            "minus_offline": _paired(on80, off80),
+                                            "outcomes_to_80_stays": _ci(on80s), "never_80_stays": sum(v is None for v in on80s),
+                                            "minus_offline_stays": _paired(on80s, off80s)}
+        if "area_full" in rs[0]:  # runs stored before the Area measure have none
+            entry["area"] = {"full labels": _ci([r["area_full"] for r in rs]), "ZeroRouter": _ci([r["area_zero"] for r in rs]),
+                             "pool without the new LLM": _ci([r["area_without_new"] for r in rs]),
+                             **{f"offline {j} labels": _ci([r["area_offline"].get(str(j)) for r in rs]) for j in LABEL_FIRST},
+                             "windows": {lab: [_ci(col) for col in zip(*[r["settings"][lab]["area_windows"] for r in rs])]
+                                         for lab in AREA_SETTINGS},
+                             "window_minus_full": {lab: [_paired(col, [r["area_full"] for r in rs]) for col in
+                                                         zip(*[r["settings"][lab]["area_windows"] for r in rs])]
+                                                   for lab in AREA_SETTINGS}}
         for lf in [k2 for k2 in labels if k2.startswith("label first")]:
             for lab in ("thompson 0", "thompson 20"):
                 both = [r for r in rs if r["settings"][lf]["regret"] is not None]
@@ -456,12 +508,39 @@ def markdown(summary: dict, thr: dict, args) -> str:
                 lines.append(f"| {lab} | {_fmt(o['outcomes_to_80'])} ({o['never_80']}) | {d.get('mean', float('nan')):.1f} | "
                              f"[{d.get('lo', float('nan')):.1f}, {d.get('hi', float('nan')):.1f}] | "
                              f"{d['wins']} / {d['ties']} / {d['losses']} |")
+            lines += ["", f"Counted from where the share stays at or above 0.8 at every larger count of the grid (not only first "
+                      f"touches it): offline {_fmt(g.get('offline_labels_to_80_stays'))} labels (never: "
+                      f"{g.get('offline_never_80_stays', '-')}); online - offline, paired:", "",
+                      "| online method | outcomes to 80%, stays (never) | online - offline | 95% interval | wins / ties / losses |",
+                      "|---|---|---|---|---|"]
+            for lab, o in g["online"].items():
+                if "minus_offline_stays" not in o:
+                    continue
+                d = o["minus_offline_stays"]
+                lines.append(f"| {lab} | {_fmt(o['outcomes_to_80_stays'])} ({o['never_80_stays']}) | {d.get('mean', float('nan')):.1f} | "
+                             f"[{d.get('lo', float('nan')):.1f}, {d.get('hi', float('nan')):.1f}] | "
+                             f"{d['wins']} / {d['ties']} / {d['losses']} |")
             lines += ["", "Regret at the horizon, paired per seed against \"label first\" onboarding (its first n requests "
                       "sent to the new LLM as labels, charged to its regret; wins = online regret lower):", "",
                       "| pair | seeds | mean difference | 95% interval | wins / ties / losses |", "|---|---|---|---|---|"]
             for lab, d in g["regret_vs_label_first"].items():
                 lines.append(f"| {lab} | {d['n']} | {d.get('mean', float('nan')):.1f} | [{d.get('lo', float('nan')):.1f}, "
                              f"{d.get('hi', float('nan')):.1f}] | {d['wins']} / {d['ties']} / {d['losses']} |")
+        a = e.get("area")
+        if a:
+            ends = list(range(WINDOW, args.requests + 1, WINDOW))
+            show = [i for i, w in enumerate(ends) if w in (500, 1000, 2000, args.requests)]
+            lines += ["", f"Area of the learner's rule (its whole curve, lam swept, on the test prompts) at the end of "
+                      f"windows of {WINDOW} requests, against full labels (paired difference, bootstrap 95% interval). "
+                      f"Full labels {_fmt(a['full labels'], 4)}; ZeroRouter {_fmt(a['ZeroRouter'], 4)}; the pool without "
+                      f"the new LLM {_fmt(a['pool without the new LLM'], 4)}; offline with "
+                      + ", ".join(f"{j} labels {_fmt(a[f'offline {j} labels'], 4)}" for j in LABEL_FIRST) + ".", "",
+                      "| method | " + " | ".join(f"after {ends[i]:,}" for i in show) + " |", "|---|" + "---|" * len(show)]
+            for lab, cols in a["windows"].items():
+                diffs = a["window_minus_full"][lab]
+                lines.append(f"| {lab} | " + " | ".join(
+                    f"{cols[i]['mean']:.4f} ({diffs[i].get('mean', float('nan')):+.4f} [{diffs[i].get('lo', float('nan')):+.4f}, "
+                    f"{diffs[i].get('hi', float('nan')):+.4f}])" for i in show) + " |")
         lines += ["", "Zero-label checks:", ""]
         for lab, s in e["settings"].items():
             if "served_where_best_500_1000" in s:
@@ -506,6 +585,39 @@ def plot(results: list[dict], path: Path, n_requests: int) -> None:
         ax.set_xlabel("requests", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("cumulative regret vs full labels", fontsize=8)
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_area(results: list[dict], path: Path, n_requests: int) -> None:
+    """Mean Area of the learner's rule per window, with full labels, ZeroRouter and the pool without the new LLM."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in results if "area_full" in r]
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    if not datasets:
+        return
+    fig, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets), 3.0), squeeze=False)
+    x = np.arange(WINDOW, n_requests + 1, WINDOW)
+    for ax, ds in zip(axes[0], datasets):
+        rs = [r for r in results if r["dataset"] == ds]
+        for lab, col in zip(AREA_SETTINGS, ("C0", "C2", "C3", "C0")):
+            p = np.asarray([r["settings"][lab]["area_windows"] for r in rs])
+            half = 1.96 * p.std(0, ddof=1) / np.sqrt(len(rs)) if len(rs) > 1 else 0 * p[0]
+            ax.plot(x, p.mean(0), color=col, ls="--" if lab.endswith("20") else "-", lw=1.2, label=lab)
+            ax.fill_between(x, p.mean(0) - half, p.mean(0) + half, color=col, alpha=0.12, lw=0)
+        for key, lab, col in (("area_full", "full labels", "k"), ("area_zero", "ZeroRouter", "C7"),
+                              ("area_without_new", "without the new LLM", "C5")):
+            ax.axhline(np.mean([r[key] for r in rs]), color=col, ls=":", lw=1.0, label=lab)
+        ax.set_title(f"{ds} ({len(rs)} seeds)", fontsize=8)
+        ax.set_xlabel("requests", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel("Area of the learner's rule", fontsize=8)
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -558,12 +670,17 @@ def main(argv=None) -> int:
 
 
 def _write(results: list[dict], thr: dict, args) -> int:
+    # The runs first, so that a failing summary loses nothing: `--resummarise` reads them back.
+    write_text(args.out / "summary.json", json.dumps({"summary": None, "throughput": thr,
+                                                      "args": {k: str(v) for k, v in vars(args).items()},
+                                                      "runs": results}, separators=(",", ":")))
     summary = summarise(results)
     write_text(args.out / "summary.json", json.dumps({"summary": summary, "throughput": thr,
                                                       "args": {k: str(v) for k, v in vars(args).items()},
                                                       "runs": results}, separators=(",", ":")))
     write_text(args.out / "online_learning.md", markdown(summary, thr, args))
     plot(results, args.out / "regret.png", args.requests)
+    plot_area(results, args.out / "area_windows.png", args.requests)
     print(markdown(summary, thr, args))
     return 0
 

@@ -11,7 +11,7 @@ from theory import bayes, bounds, plots
 from uniroute_jax._src.cli import main as cli_main
 
 FIGURES = ("frontier.png", "prop1_check.png", "prop2_vs_heterogeneity.png", "prop2_vs_k.png", "prop2_scatter.png",
-           "prop2_vs_nval.png", "finite_sample_coverage.png")
+           "prop2_vs_nval.png", "finite_sample_coverage.png", "pacing_regret.png", "online_regret.png")
 
 
 @pytest.fixture(scope="module")
