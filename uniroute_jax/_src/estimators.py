@@ -52,6 +52,7 @@ from jax.typing import ArrayLike
 from uniroute_jax._src import validation
 from uniroute_jax._src.error_vectors import DEFAULT_ALPHA
 from uniroute_jax._src.kmeans import kmeans_kernel
+from uniroute_jax._src.small_linalg import spd_inv, spd_solve
 
 METHODS = ("mean", "shrinkage", "hierarchical", "prior")
 DEFAULT_METHOD = "prior"
@@ -193,7 +194,7 @@ def _logistic_map(params, counts, error_sums, n_steps: int = 30, v0=None):
         m = jax.nn.sigmoid(f @ v + params.offsets)
         grad = f.T @ (error_sums - counts * m) - params.v_precision @ (v - params.v_mean)
         hess = (f * (counts * m * (1 - m))[:, None]).T @ f + params.v_precision
-        delta = jnp.linalg.solve(hess, grad)
+        delta = spd_solve(hess, grad)
         cand = v[None, :] + scales[:, None] * delta[None, :]
         value = jax.vmap(lambda c: _log_posterior(params, counts, error_sums, c))(cand)
         return cand[jnp.argmax(value)]
@@ -217,7 +218,7 @@ def _cell_prediction_from(params, counts, error_sums, k, n_steps: int = 30, v0=N
     n, e = counts * keep, error_sums * keep
     v = _logistic_map(params, n, e, n_steps, v0)
     m = jax.nn.sigmoid(f @ v + params.offsets)
-    cov_v = jnp.linalg.inv((f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision)
+    cov_v = spd_inv((f * (n * m * (1 - m))[:, None]).T @ f + params.v_precision)
     g = v.at[0].set(1.0)  # d logit_k / d (b_k, u_k)
     return f[k] @ v + params.offsets[k], f[k] @ cov_v @ f[k] + g @ params.factor_cov[k] @ g, v
 
@@ -388,7 +389,7 @@ def _population(p, counts, errors, weight, *, rank: int, ridge: float):
     g = jnp.concatenate([jnp.ones((R, 1)), p["v"]], axis=1)
     info = weight[:, None] * counts * m * (1 - m)  # [R, K]
     hess = jnp.einsum("hk,hi,hj->kij", info, g, g) + jnp.diag(jnp.concatenate([jnp.full(1, 1e-2), jnp.full(rank, ridge)]))
-    return factors, p["b"], mean, jnp.linalg.inv(cov), jnp.linalg.inv(hess)
+    return factors, p["b"], mean, spd_inv(cov), spd_inv(hess)
 
 
 def _grid_distribution(ll, weight, n_iter: int = 50):

@@ -65,6 +65,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from uniroute_jax._src.small_linalg import spd_inv, spd_solve
+
 KNN_KS = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
 KNN_BETAS = (0.0, 10.0, 30.0, 100.0)
 KNN_REPS = 4
@@ -322,7 +324,7 @@ def fit_irt(key, emb, quality, label_mask, train, val, seen, centroids, budgets,
     dev = (theta - mu) * seen_f[:, None]
     cov = dev.T @ dev / n_seen + _PRIOR_FLOOR * jnp.eye(dim, dtype=theta.dtype)
     return IrtParams(a_val=a[n_tr:], b_val=b[n_tr:], theta=theta, prior_mean=mu,
-                     prior_precision=jnp.linalg.inv(cov), x_mean=x_mean, y_mean=y_mean, weights=w, ridge=lam,
+                     prior_precision=spd_inv(cov), x_mean=x_mean, y_mean=y_mean, weights=w, ridge=lam,
                      objective=trace)
 
 
@@ -333,7 +335,7 @@ def _irt_theta(a, b, y, lab, mu, prec):
         p = jax.nn.sigmoid(b - a @ theta)
         grad = -a.T @ ((p - y) * lab) + prec @ (theta - mu)
         hess = (a * (p * (1.0 - p) * lab)[:, None]).T @ a + prec
-        return theta - jnp.linalg.solve(hess, grad), None
+        return theta - spd_solve(hess, grad), None
 
     return jax.lax.scan(newton, mu, None, length=IRT_NEWTON)[0]
 

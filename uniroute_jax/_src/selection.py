@@ -30,6 +30,7 @@ from jax.typing import ArrayLike
 
 from uniroute_jax._src import validation
 from uniroute_jax._src.estimators import Estimator, EstimatorParams
+from uniroute_jax._src.small_linalg import spd_inv
 
 STRATEGIES = ("random", "stratified", "informative")
 
@@ -64,7 +65,7 @@ def informative_counts(params: EstimatorParams, reference_psi: jax.Array, refere
     m = jax.nn.sigmoid(f @ params.v_mean + params.offsets)
     g = m * (1 - m)
     own = g / (params.kappa + 1.0)  # a cluster's own deviation from the factor prediction
-    cov0 = jnp.linalg.inv(params.v_precision)
+    cov0 = spd_inv(params.v_precision)
     a0 = f @ cov0 @ f.T  # [K, K] prior covariance of the logits
     var0 = g * g * jnp.diag(a0) + own
     # Decision weight: a cluster matters where the new LLM's predicted error is near a represented
