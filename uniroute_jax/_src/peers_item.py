@@ -46,8 +46,9 @@ arXiv 2506.01048): `P(error | x, h) = sigmoid(b_x - a_x . theta_h)`, discriminat
   predicted items against their fitted ones.
 - A new LLM's ability: MAP from its labels on the selected validation prompts (their fitted items)
   under `N(mu, Sigma)`, the mean and covariance of the training LLMs' abilities plus `0.05 I`
-  (so a handful of training LLMs still give an invertible prior); `IRT_NEWTON = 10` Newton steps
-  from `mu` (the objective is strictly convex). Training LLMs keep their fitted abilities.
+  (so a handful of training LLMs still give an invertible prior); `IRT_NEWTON = 20` Newton steps
+  from `mu`, each the best of a few step sizes (the objective is strictly convex, but where labels
+  are mostly errors a full step overshoots far). Training LLMs keep their fitted abilities.
 
 What the published description leaves open, and we chose: IRT-Router maps query embeddings to
 `(a, b)` with learned layers and gives every LLM a fixed ability learned with the queries; it does
@@ -74,7 +75,8 @@ KNN_ROWS = 256
 
 IRT_STEPS = 400
 IRT_LR = 0.05
-IRT_NEWTON = 10
+IRT_NEWTON = 20
+IRT_STEP_SCALES = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0)
 IRT_RIDGES = (0.01, 0.1, 1.0, 10.0, 100.0)
 _SIGMA_A, _SIGMA_B, _SIGMA_THETA, _PRIOR_FLOOR = 1.0, 3.0, 1.0, 0.05
 
@@ -328,14 +330,27 @@ def fit_irt(key, emb, quality, label_mask, train, val, seen, centroids, budgets,
                      objective=trace)
 
 
+def _irt_theta_objective(theta, a, b, y, lab, mu, prec):
+    """Negative log-posterior of one LLM's ability `theta [dim]` (labels `y`, weights `lab`)."""
+    d = theta - mu
+    return (optax.sigmoid_binary_cross_entropy(b - a @ theta, y) * lab).sum() + 0.5 * d @ prec @ d
+
+
 def _irt_theta(a, b, y, lab, mu, prec):
-    """MAP ability `[dim]` of one LLM from labels `y [n]` (weights `lab [n]`) on items `(a, b)`."""
+    """MAP ability `[dim]` of one LLM from labels `y [n]` (weights `lab [n]`) on items `(a, b)`.
+
+    Newton steps with a step-size search over `IRT_STEP_SCALES` (the best of them, 0 included, so
+    the objective never rises): where most labels are errors the probabilities saturate, the
+    curvature is mostly the prior's and a full Newton step overshoots by tens of logits."""
+    scales = jnp.asarray(IRT_STEP_SCALES, a.dtype)
 
     def newton(theta, _):
         p = jax.nn.sigmoid(b - a @ theta)
         grad = -a.T @ ((p - y) * lab) + prec @ (theta - mu)
         hess = (a * (p * (1.0 - p) * lab)[:, None]).T @ a + prec
-        return theta - spd_solve(hess, grad), None
+        cand = theta[None, :] - scales[:, None] * spd_solve(hess, grad)[None, :]
+        value = jax.vmap(lambda c: _irt_theta_objective(c, a, b, y, lab, mu, prec))(cand)
+        return cand[jnp.argmin(value)], None
 
     return jax.lax.scan(newton, mu, None, length=IRT_NEWTON)[0]
 
