@@ -16,8 +16,10 @@ pseudo-counts, difficulty-weighted probes, a tuned k-NN over the labelled prompt
 model) are fitted per trial on what `peer_view` lets them read: the training LLMs' labels on the
 training and validation prompts, the unseen LLMs' on the selected validation prompts only. Scores
 are test Area and QNC over the unseen LLMs; K-NN's k and the training LLMs' labels are as in
-`evaluate`. Beside them, the unseen pool's best single LLM and the random mix of its cheapest and
-most accurate LLMs, which need no labels.
+`evaluate`. Beside them, the unseen pool's best single LLM each budget affords and the random mix of
+its cheapest and most accurate LLMs, which need no labels (`--rereference` recomputes these two for
+saved results, `--rescore PEER` with it a peer's column on the same trials and labels, and both
+rewrite the tables and plots).
 
 Writes under `--out` (default benchmarks/results/label_efficiency/): `<dataset>.md` (tables: mean
 Area, the default against every method paired with 95% bootstrap intervals, the labels each
@@ -33,6 +35,7 @@ import argparse
 import functools
 import json
 import platform
+import re
 import shlex
 import sys
 import time
@@ -61,7 +64,7 @@ BUDGETS = (1, 5, 10, 20, 30, 50, 100, 200)
 BASELINES = ("ZeroRouter", "K-NN")
 COLUMNS = ESTIMATORS + PEERS + BASELINES  # the method axis of the score arrays
 METRICS = ("area", "qnc")  # the last axis of the score arrays
-REFERENCES = ("best single LLM", "random mix")  # Areas that need no labels, drawn on the same axes
+REFERENCES = ("best single LLM at each budget", "random mix")  # Areas that need no labels, drawn on the same axes
 COLOURS = {"mean": "#1f77b4", "shrinkage": "#9467bd", "hierarchical": "#2ca02c", "prior": "#d62728",
            "HierShrink": "#8c564b", "HierShrink (tuned)": "#e377c2", "difficulty-weighted": "#bcbd22",
            "k-NN (tuned)": "#17becf", "IRT": "#393b79", "ZeroRouter": "#7f7f7f", "K-NN": "#ff7f0e"}
@@ -176,13 +179,20 @@ def _score_clusters_all(params, selections, centroids, emb, quality, label_mask,
 
 
 def reference_areas(quality, prompt_costs, test, unseen) -> np.ndarray:
-    """`[2]` test Areas of the unseen pool that need no labels: its best single LLM (one point of
-    the curve) and the random mix of its cheapest and most accurate LLMs (their chord)."""
+    """`[2]` test Areas of the unseen pool that need no labels, on the routers' axes: the best single
+    LLM each budget affords (at normalised cost u, the most accurate LLM costing at most u, and below
+    the cheapest LLM the cheapest, as every curve is extended) and the random mix of the cheapest
+    and most accurate LLMs (their chord)."""
     cost = np.asarray(prompt_costs[test].mean(0), np.float64)
     acc = np.asarray(quality[test].mean(0), np.float64)
     pool = np.asarray(unseen)
     ref = metrics.pool_reference(cost, acc, pool)
-    single = max(float(metrics.curve_metrics([cost[h]], [acc[h]], [True], ref).area) for h in np.flatnonzero(pool))
+    norm = float(ref.cost_norm)
+    h = np.flatnonzero(pool)
+    h = h[np.lexsort((-acc[h], cost[h]))]  # by cost, the more accurate first on ties
+    edges = np.append(np.minimum(cost[h] / norm, 1.0), 1.0)
+    best = np.maximum.accumulate(acc[h])  # affordable from edges[i] to edges[i + 1]
+    single = float(acc[h[0]] * edges[0] + (best * np.diff(edges)).sum())
     w = np.linspace(0.0, 1.0, 65)
     chord_cost = float(ref.weak_cost) + w * (float(ref.strong_cost) - float(ref.weak_cost))
     chord_acc = float(ref.weak_quality) + w * (float(ref.strong_quality) - float(ref.weak_quality))
@@ -612,6 +622,76 @@ def plot(r: dict, out: Path, default: str = "prior") -> Path:
     return plots.save_figure(fig, out / f"{r['name']}.png")
 
 
+def rescore_peer(su: Setup, peer_name: str, chosen_k: np.ndarray, saved_default: np.ndarray, default: str) -> np.ndarray:
+    """One peer's `[trials, strategies, budgets, metrics]` on the saved trials, on the labels the
+    study gave it: the prompts chosen on each trial's centroids at the default's K (recomputed, and
+    checked by reproducing the default's own Areas on the first trial of each K)."""
+    sp, quality, label_mask, prompt_costs, costs = su.splits, *su.common
+    trials, d = su.keys.shape[0], ESTIMATORS.index(default)
+    out = np.zeros((trials, len(STRATEGIES), len(su.budgets), len(METRICS)), np.float32)
+    fit, score = _peer_fns(peer_name)
+    for K in sorted(set(chosen_k[:, d].tolist())):
+        checked = False
+        for chunk, _, _, cents in kmeans_centroids(su, K):
+            for t, c in zip(range(chunk.start, chunk.stop), cents):
+                if chosen_k[t, d] != K:
+                    continue
+                params, masks = prepare_trial(su, t, c, select=True)
+                flat = masks.reshape(-1, masks.shape[-1])
+                if not checked:
+                    mine = np.asarray(_score_clusters_all(params, flat, c, su.emb, *su.common, sp["val"][t], sp["test"][t],
+                                                          sp["unseen"][t], n_clusters=K))[:, d, 0]
+                    np.testing.assert_allclose(mine, saved_default[t].reshape(-1), atol=1e-5)
+                    checked = True
+                view = peer_view(quality, label_mask, sp["train"][t], sp["val"][t], sp["unseen"][t])
+                p_params = fit(jax.random.fold_in(su.keys[t], 2), su.emb, *view, sp["train"][t], sp["val"][t],
+                               sp["seen"][t], c, jnp.asarray(su.budgets))
+                res = score(p_params, flat, su.emb, *view, quality, prompt_costs, costs, sp["val"][t], sp["test"][t],
+                            sp["seen"][t], sp["unseen"][t])
+                out[t] = np.asarray(res).reshape(out.shape[1:])
+        _log(f"{peer_name}: trials at K={K} rescored")
+    return out
+
+
+def rewrite_saved(out: Path, default: str, rescore: tuple[str, ...] = ()) -> int:
+    """Recomputes the no-label references (and the columns of the peers in `rescore`) of the saved
+    results on their own trials (`setup` is seeded), and rewrites their .npz, summary, tables and plots."""
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    for path in sorted(out.glob("*.npz")):
+        name = path.stem
+        if name not in summary:
+            continue
+        with np.load(path, allow_pickle=False) as z:
+            saved = {k: z[k] for k in z.files}
+        trials = saved["areas"].shape[0]
+        su = setup(name, trials)
+        quality, _, prompt_costs, _ = su.common
+        saved["references"] = np.stack([reference_areas(quality, prompt_costs, su.splits["test"][t],
+                                                        su.splits["unseen"][t]) for t in range(trials)])
+        for peer_name in rescore:
+            col = COLUMNS.index(peer_name)
+            res = rescore_peer(su, peer_name, saved["chosen_k"], saved["areas"][..., ESTIMATORS.index(default)], default)
+            saved["areas"][..., col], saved["qnc"][..., col] = res[..., 0], res[..., 1]
+        old = (out / f"{name}.md").read_text()  # the run's own command and timings, as its table recorded them
+        r = {"name": name, "dataset": su.ds, "budgets": saved["budgets"], "areas": saved["areas"], "qnc": saved["qnc"],
+             "references": saved["references"], "chosen_k": saved["chosen_k"], "chosen_knn": saved["chosen_knn"],
+             "n_val": int(su.splits["val"].shape[1]), "trials": trials,
+             "kmeans_area": np.asarray([summary[name]["kmeans_area_evaluate"]]),
+             "knn_full_area": np.asarray([summary[name]["knn_area_evaluate"]]),
+             "seconds": {k: float(v) for k, v in re.findall(r"(load|choose K and k|study) (\d+)s", old)}}
+        summary[name] = s = summarise(r, default)
+        command = re.search(r"^Command: `(.*)`$", old, re.M).group(1).split(" (then")[0]
+        tail = " --rereference" + (f" --rescore {','.join(rescore)}" if rescore else "")
+        write_markdown(r, s, out, f"{command} (then{tail})", default)
+        plot(r, out, default)
+        with write_atomic(path, "wb") as f:
+            np.savez(f, **saved)
+        write_text(summary_path, json.dumps(summary, indent=1))
+        _log(f"{name} rewritten ({', '.join(f'{k} {v:.4f}' for k, v in s['references'].items())})")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS))
@@ -620,7 +700,18 @@ def main(argv=None) -> int:
     ap.add_argument("--default", default="prior", choices=ESTIMATORS, help="estimator marked as the default")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "label_efficiency"))
     ap.add_argument("--replot", action="store_true", help="redraw the PNGs from the saved .npz files and exit")
+    ap.add_argument("--rereference", action="store_true",
+                    help="recompute the no-label reference Areas of the saved results (same trials), rewrite their "
+                         ".npz, summary, tables and plots, and exit")
+    ap.add_argument("--rescore", default="", help="with --rereference: peers (comma-separated) whose columns of the "
+                                                  "saved results are recomputed on the same trials and labels")
     args = ap.parse_args(argv)
+    if args.rereference:
+        rescore = tuple(p for p in args.rescore.split(",") if p)
+        unknown = [p for p in rescore if p not in PEERS]
+        if unknown:
+            ap.error(f"--rescore: unknown peer(s) {unknown}; choose from {list(PEERS)}")
+        return rewrite_saved(Path(args.out), args.default, rescore)
     if args.replot:
         for path in sorted(Path(args.out).glob("*.npz")):
             with np.load(path, allow_pickle=False) as z:
