@@ -653,14 +653,14 @@ def rescore_peer(su: Setup, peer_name: str, chosen_k: np.ndarray, saved_default:
     return out
 
 
-def rewrite_saved(out: Path, default: str, rescore: tuple[str, ...] = ()) -> int:
+def rewrite_saved(out: Path, default: str, rescore: tuple[str, ...] = (), datasets: tuple[str, ...] = DATASETS) -> int:
     """Recomputes the no-label references (and the columns of the peers in `rescore`) of the saved
     results on their own trials (`setup` is seeded), and rewrites their .npz, summary, tables and plots."""
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text())
     for path in sorted(out.glob("*.npz")):
         name = path.stem
-        if name not in summary:
+        if name not in summary or name not in datasets:
             continue
         with np.load(path, allow_pickle=False) as z:
             saved = {k: z[k] for k in z.files}
@@ -711,7 +711,7 @@ def main(argv=None) -> int:
         unknown = [p for p in rescore if p not in PEERS]
         if unknown:
             ap.error(f"--rescore: unknown peer(s) {unknown}; choose from {list(PEERS)}")
-        return rewrite_saved(Path(args.out), args.default, rescore)
+        return rewrite_saved(Path(args.out), args.default, rescore, tuple(args.datasets.split(",")))
     if args.replot:
         for path in sorted(Path(args.out).glob("*.npz")):
             with np.load(path, allow_pickle=False) as z:
