@@ -173,7 +173,7 @@ def level_oracle(name: str, default: str = "prior", check_trials: int = 3) -> di
                         sp["unseen"][t])
                 oracle[t] = np.asarray(_level_oracle_areas(params, flat, *args, n_clusters=K)).reshape(oracle.shape[1:])
                 if t < check_trials:  # same centroids, fit and prompts as the study
-                    mine = np.asarray(le._score_clusters_all(params, flat, *args, n_clusters=K))[:, d]
+                    mine = np.asarray(le._score_clusters_all(params, flat, *args, n_clusters=K))[:, d, 0]  # Area
                     np.testing.assert_allclose(mine, A[t, ..., d].reshape(-1), atol=1e-6)
     col = {c: i for i, c in enumerate(le.COLUMNS)}
     zero_all = A[:, 0, -1, col["ZeroRouter"]].mean()
