@@ -87,7 +87,6 @@ regret is linear either way). The flipped rule is the kernel with a negative ste
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -99,7 +98,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 import uniroute_jax as ur
-from theory.summary_merge import merge_study
+from theory.summary_merge import merge_study, study_main
 from theory import bayes
 from uniroute_jax._src.pacing import FLOOR
 from uniroute_jax.kernels import replay_kernel
@@ -723,19 +722,11 @@ def merge_into(out_dir: str | Path, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Regret and budget violation of online pacing against T.")
-    parser.add_argument("--out", required=True, help="folder holding summary.json from `python -m theory.plots`")
-    parser.add_argument("--quick", action="store_true", help="T up to 1e4, fewer instances and streams")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    p = run_study(QUICK if args.quick else FULL, args.seed)
-    plot(p, Path(args.out) / "pacing_regret.png")
-    s = merge_into(args.out, p)
-    print("\n".join(summary_lines(p)))
-    failed = [v for v in s["verdicts"] if v["theorem"] and not v["holds"]]
-    for v in failed:
-        print(f"theory: FAILS: {v['check']} (margin {v['margin']:+.3g}; {v['detail']})", file=sys.stderr)
-    return 1 if failed else 0
+    return study_main(argv,
+                      description="Regret and budget violation of online pacing against T.",
+                      quick_help="T up to 1e4, fewer instances and streams",
+                      run=lambda quick, seed: run_study(QUICK if quick else FULL, seed), plot=plot,
+                      figure="pacing_regret.png", merge_into=merge_into, summary_lines=summary_lines)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -64,3 +65,24 @@ def merge_study(out_dir: str | Path, key: str, p: dict[str, Any], *, verdicts: C
         with write_atomic(out_dir / "summary.md", "w") as f:
             f.write(md)
     return s
+
+
+def study_main(argv, *, description: str, quick_help: str, run: Callable[[bool, int], dict[str, Any]],
+               plot: Callable[[dict, Path], None], figure: str, merge_into: Callable[..., dict[str, Any]],
+               summary_lines: Callable[[dict], list[str]]) -> int:
+    """The command of one study (`python -m theory.pacing`, `theory.online`): runs it (`run(quick,
+    seed)`), draws `figure`, merges it into the shared summary, prints its section; exits 1 when a
+    check stated as a theorem fails."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", required=True, help="folder holding summary.json from `python -m theory.plots`")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    p = run(args.quick, args.seed)
+    plot(p, Path(args.out) / figure)
+    s = merge_into(args.out, p)
+    print("\n".join(summary_lines(p)))
+    failed = [v for v in s["verdicts"] if v["theorem"] and not v["holds"]]
+    for v in failed:
+        print(f"theory: FAILS: {v['check']} (margin {v['margin']:+.3g}; {v['detail']})", file=sys.stderr)
+    return 1 if failed else 0
