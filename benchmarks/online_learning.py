@@ -562,50 +562,52 @@ def markdown(summary: dict, thr: dict, args) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path, n_requests: int) -> None:
+def _panels(results: list[dict], path: Path, ylabel: str, draw) -> None:
+    """One panel per dataset (`draw(ax, its runs)`), titled with its seed count, written to `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    if not datasets:
+        return
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets), 3.0), squeeze=False)
-    x = np.arange(EVERY, n_requests + 1, EVERY)
-    show = {"thompson 0": "C0", "optimistic 0": "C2", "greedy 0": "C3", "litellm 0": "C1", "offline (same n, labels not charged)": "C4",
-            "label first (n = 50)": "C5",
-            "thompson 20": "C0"}
     for ax, ds in zip(axes[0], datasets):
         rs = [r for r in results if r["dataset"] == ds]
-        for lab, col in show.items():
-            if lab not in rs[0]["settings"]:  # runs stored before a setting existed
-                continue
-            p = np.asarray([r["settings"][lab]["regret_path"] for r in rs])
-            ax.plot(x, p.mean(0), color=col, ls="--" if lab.endswith("20") else "-", lw=1.2, label=lab)
+        draw(ax, rs)
         ax.set_title(f"{ds} ({len(rs)} seeds)", fontsize=8)
         ax.set_xlabel("requests", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel("cumulative regret vs full labels", fontsize=8)
+    axes[0, 0].set_ylabel(ylabel, fontsize=8)
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def plot(results: list[dict], path: Path, n_requests: int) -> None:
+    """Mean cumulative regret against full labels per dataset."""
+    x = np.arange(EVERY, n_requests + 1, EVERY)
+    show = {"thompson 0": "C0", "optimistic 0": "C2", "greedy 0": "C3", "litellm 0": "C1", "offline (same n, labels not charged)": "C4",
+            "label first (n = 50)": "C5",
+            "thompson 20": "C0"}
+
+    def draw(ax, rs):
+        for lab, col in show.items():
+            if lab not in rs[0]["settings"]:  # runs stored before a setting existed
+                continue
+            p = np.asarray([r["settings"][lab]["regret_path"] for r in rs])
+            ax.plot(x, p.mean(0), color=col, ls="--" if lab.endswith("20") else "-", lw=1.2, label=lab)
+
+    _panels(results, path, "cumulative regret vs full labels", draw)
+
+
 def plot_area(results: list[dict], path: Path, n_requests: int) -> None:
     """Mean Area of the learner's rule per window, with full labels, ZeroRouter and the pool without the new LLM."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = [r for r in results if "area_full" in r]
-    datasets = list(dict.fromkeys(r["dataset"] for r in results))
-    if not datasets:
-        return
-    fig, axes = plt.subplots(1, len(datasets), figsize=(3.6 * len(datasets), 3.0), squeeze=False)
     x = np.arange(WINDOW, n_requests + 1, WINDOW)
-    for ax, ds in zip(axes[0], datasets):
-        rs = [r for r in results if r["dataset"] == ds]
+
+    def draw(ax, rs):
         for lab, col in zip(AREA_SETTINGS, ("C0", "C2", "C3", "C0")):
             p = np.asarray([r["settings"][lab]["area_windows"] for r in rs])
             half = 1.96 * p.std(0, ddof=1) / np.sqrt(len(rs)) if len(rs) > 1 else 0 * p[0]
@@ -614,14 +616,8 @@ def plot_area(results: list[dict], path: Path, n_requests: int) -> None:
         for key, lab, col in (("area_full", "full labels", "k"), ("area_zero", "ZeroRouter", "C7"),
                               ("area_without_new", "without the new LLM", "C5")):
             ax.axhline(np.mean([r[key] for r in rs]), color=col, ls=":", lw=1.0, label=lab)
-        ax.set_title(f"{ds} ({len(rs)} seeds)", fontsize=8)
-        ax.set_xlabel("requests", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel("Area of the learner's rule", fontsize=8)
-    axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    _panels([r for r in results if "area_full" in r], path, "Area of the learner's rule", draw)
 
 
 def main(argv=None) -> int:
