@@ -622,34 +622,42 @@ def plot(r: dict, out: Path, default: str = "prior") -> Path:
     return plots.save_figure(fig, out / f"{r['name']}.png")
 
 
-def rescore_peer(su: Setup, peer_name: str, chosen_k: np.ndarray, saved_default: np.ndarray, default: str) -> np.ndarray:
-    """One peer's `[trials, strategies, budgets, metrics]` on the saved trials, on the labels the
-    study gave it: the prompts chosen on each trial's centroids at the default's K (recomputed, and
-    checked by reproducing the default's own Areas on the first trial of each K)."""
-    sp, quality, label_mask, prompt_costs, costs = su.splits, *su.common
-    trials, d = su.keys.shape[0], ESTIMATORS.index(default)
-    out = np.zeros((trials, len(STRATEGIES), len(su.budgets), len(METRICS)), np.float32)
-    fit, score = _peer_fns(peer_name)
+def study_trials(su: Setup, chosen_k: np.ndarray, saved_default: np.ndarray, default: str, check_trials: int = 3):
+    """The study's trials again, at the default's K: yields `(t, K, centroids, params, selections)`
+    with the selections `[n_strategies * n_budgets, n_val]` it labelled (centroids and prompts
+    recomputed: `setup` is seeded). Checks that they reproduce the saved default's Areas
+    `saved_default [trials, strategies, budgets]` on the first `check_trials` trials and the first of each K."""
+    sp, d = su.splits, ESTIMATORS.index(default)
     for K in sorted(set(chosen_k[:, d].tolist())):
-        checked = False
+        first = True
         for chunk, _, _, cents in kmeans_centroids(su, K):
             for t, c in zip(range(chunk.start, chunk.stop), cents):
                 if chosen_k[t, d] != K:
                     continue
                 params, masks = prepare_trial(su, t, c, select=True)
                 flat = masks.reshape(-1, masks.shape[-1])
-                if not checked:
+                if first or t < check_trials:
                     mine = np.asarray(_score_clusters_all(params, flat, c, su.emb, *su.common, sp["val"][t], sp["test"][t],
-                                                          sp["unseen"][t], n_clusters=K))[:, d, 0]
-                    np.testing.assert_allclose(mine, saved_default[t].reshape(-1), atol=1e-5)
-                    checked = True
-                view = peer_view(quality, label_mask, sp["train"][t], sp["val"][t], sp["unseen"][t])
-                p_params = fit(jax.random.fold_in(su.keys[t], 2), su.emb, *view, sp["train"][t], sp["val"][t],
-                               sp["seen"][t], c, jnp.asarray(su.budgets))
-                res = score(p_params, flat, su.emb, *view, quality, prompt_costs, costs, sp["val"][t], sp["test"][t],
-                            sp["seen"][t], sp["unseen"][t])
-                out[t] = np.asarray(res).reshape(out.shape[1:])
-        _log(f"{peer_name}: trials at K={K} rescored")
+                                                          sp["unseen"][t], n_clusters=K))[:, d, 0]  # Area
+                    np.testing.assert_allclose(mine, saved_default[t].reshape(-1), atol=1e-6)
+                    first = False
+                yield t, K, c, params, flat
+
+
+def rescore_peer(su: Setup, peer_name: str, chosen_k: np.ndarray, saved_default: np.ndarray, default: str) -> np.ndarray:
+    """One peer's `[trials, strategies, budgets, metrics]` on the saved trials, on the labels the
+    study gave it (`study_trials`)."""
+    sp, quality, label_mask, prompt_costs, costs = su.splits, *su.common
+    out = np.zeros((su.keys.shape[0], len(STRATEGIES), len(su.budgets), len(METRICS)), np.float32)
+    fit, score = _peer_fns(peer_name)
+    for t, _, c, _, flat in study_trials(su, chosen_k, saved_default, default):
+        view = peer_view(quality, label_mask, sp["train"][t], sp["val"][t], sp["unseen"][t])
+        p_params = fit(jax.random.fold_in(su.keys[t], 2), su.emb, *view, sp["train"][t], sp["val"][t],
+                       sp["seen"][t], c, jnp.asarray(su.budgets))
+        res = score(p_params, flat, su.emb, *view, quality, prompt_costs, costs, sp["val"][t], sp["test"][t],
+                    sp["seen"][t], sp["unseen"][t])
+        out[t] = np.asarray(res).reshape(out.shape[1:])
+    _log(f"{peer_name} rescored")
     return out
 
 

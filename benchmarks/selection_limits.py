@@ -162,19 +162,9 @@ def level_oracle(name: str, default: str = "prior", check_trials: int = 3) -> di
     su = le.setup(name, trials)
     sp, (quality, label_mask, prompt_costs, costs) = su.splits, su.common
     oracle = np.zeros(A.shape[:3], np.float32)  # [trials, strategies, budgets]
-    for K in sorted(set(chosen_k[:, d].tolist())):
-        for chunk, _, _, cents in le.kmeans_centroids(su, K):
-            for t, c in zip(range(chunk.start, chunk.stop), cents):
-                if chosen_k[t, d] != K:
-                    continue
-                params, masks = le.prepare_trial(su, t, c, select=True)
-                flat = masks.reshape(-1, masks.shape[-1])
-                args = (c, su.emb, quality, label_mask, prompt_costs, costs, sp["val"][t], sp["test"][t],
-                        sp["unseen"][t])
-                oracle[t] = np.asarray(_level_oracle_areas(params, flat, *args, n_clusters=K)).reshape(oracle.shape[1:])
-                if t < check_trials:  # same centroids, fit and prompts as the study
-                    mine = np.asarray(le._score_clusters_all(params, flat, *args, n_clusters=K))[:, d, 0]  # Area
-                    np.testing.assert_allclose(mine, A[t, ..., d].reshape(-1), atol=1e-6)
+    for t, K, c, params, flat in le.study_trials(su, chosen_k, A[..., d], default, check_trials):
+        args = (c, su.emb, quality, label_mask, prompt_costs, costs, sp["val"][t], sp["test"][t], sp["unseen"][t])
+        oracle[t] = np.asarray(_level_oracle_areas(params, flat, *args, n_clusters=K)).reshape(oracle.shape[1:])
     col = {c: i for i, c in enumerate(le.COLUMNS)}
     zero_all = A[:, 0, -1, col["ZeroRouter"]].mean()
     gain = A[:, 0, -1, col["mean"]].mean() - zero_all
