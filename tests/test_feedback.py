@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import uniroute_jax as ur
-from uniroute_jax._src.feedback import observe, observe_file, posterior, sample_psi
+from uniroute_jax._src.feedback import observe, observe_file, posterior, sample_psi, sampling_posterior
 
 from child_processes import HANG_CEILING_S, SLACK, spawn, wait_all, wait_ready
 
@@ -64,6 +64,24 @@ def test_posterior_mean_is_the_estimate_and_draws_follow_it(world):
     # Fewer labels, wider posterior: the Beta variance a*b / ((a+b)^2 (a+b+1)) is matched.
     var = a * b / ((a + b) ** 2 * (a + b + 1))
     np.testing.assert_allclose(draws.var(0), var, atol=0.01)
+
+
+@pytest.mark.parametrize("method", ["hierarchical", "prior"])
+def test_thompson_draws_of_an_estimator_pool_centre_on_its_rows_with_its_width(world, method):
+    router, x, q = world
+    # Two LLMs with 300 labels each, a new one with 12: the pool's rows follow the estimator.
+    old = router.represent(x[400:700], q[400:700, :2], ["a", "b"], [0.1, 1.0])
+    pool = (old + router.represent(x[700:712], q[700:712, 2:], ["c"], [0.5])).rederive(method)
+    a, b = sampling_posterior(pool, router.alpha)
+    draws = np.stack([sample_psi(a, b, np.random.default_rng(s)) for s in range(3000)])
+    # Centred on the rows the router serves (the alpha rule of `posterior` is not, under hierarchical).
+    np.testing.assert_allclose(draws.mean(0), pool.psi, atol=0.02)
+    # The new LLM's twelve labels leave it far wider than the others on average over clusters.
+    var = draws.var(0).mean(1)
+    assert var[2] > 4 * var[:2].max()
+    # Rows as given keep the alpha rule.
+    assert all(np.array_equal(s, t) for s, t in zip(sampling_posterior(old, router.alpha),
+                                                     posterior(old, router.alpha)))
 
 
 def test_observe_file_refuses_bad_input_without_touching_the_file(world, tmp_path):

@@ -12,6 +12,7 @@ litellm = pytest.importorskip("litellm", reason='LiteLLM is not installed: pip i
 
 import uniroute_jax as ur  # noqa: E402
 from uniroute_jax._src.costs import prices  # noqa: E402
+from uniroute_jax._src.feedback import posterior, sampling_posterior  # noqa: E402
 from uniroute_jax.integrations.litellm import (  # noqa: E402
     SIGNAL,
     UniRoutePlugin,
@@ -260,6 +261,14 @@ def test_thompson_sampling_gives_a_new_model_traffic(world):
     assert served[False] == list(router.route(embedder(texts), grown, 0.0).model)
     assert served[False].count("llm-new") == 0
     assert served[True].count("llm-new") >= 10 and results[0][1]["thompson"] is True
+    # A pool that records an estimator: the draws follow that estimator's posterior, not the alpha rule.
+    derived = grown.rederive("hierarchical")
+    plugin = UniRoutePlugin(router, derived, lam=0.0, model_groups=[GROUP], embedder=embedder, thompson=True,
+                            embed_in_thread=False)
+    for got, want, rule in zip(plugin.snapshot.beta, sampling_posterior(derived, router.alpha),
+                               posterior(derived, router.alpha)):
+        np.testing.assert_array_equal(got, want)
+        assert np.abs(got - rule).max() > 0.1
 
 
 def test_prompt_text_and_headers():

@@ -609,6 +609,16 @@ class Estimator:
         return estimate_intervals(self.estimate_full(n, e), n, e, level=level)
 
 
+def posterior_rows(est: Estimate, counts: ArrayLike, error_sums: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    """`(a, b)`, each `[n_models, K]`: the Beta posterior of each rate on the labelled prompts of
+    `Estimate` rows with labels `counts`, `error_sums` (`est.a, est.b` where the estimator gives them,
+    else `Beta(e' + s p + 1/2, n' - e' + s (1 - p) + 1/2)` on `_effective` labels)."""
+    if est.a is not None:
+        return jnp.asarray(est.a, jnp.float32), jnp.asarray(est.b, jnp.float32)
+    return _beta_posterior(jnp.asarray(counts, jnp.float32), jnp.asarray(error_sums, jnp.float32),
+                           jnp.asarray(est.prior, jnp.float32), jnp.asarray(est.strength, jnp.float32))
+
+
 def estimate_intervals(est: Estimate, counts: ArrayLike, error_sums: ArrayLike, *, level: float = 0.95):
     """Central Beta intervals of the per-cluster error rates of `Estimate` rows with labels
     `counts`, `error_sums` (each `[n_models, K]`): `onboarding.ErrorIntervals`.
@@ -624,11 +634,7 @@ def estimate_intervals(est: Estimate, counts: ArrayLike, error_sums: ArrayLike, 
     from uniroute_jax._src.onboarding import ErrorIntervals, _beta_quantile
 
     n = jnp.asarray(counts, jnp.float32)
-    if est.a is None:
-        a, b = _beta_posterior(n, jnp.asarray(error_sums, jnp.float32), jnp.asarray(est.prior, jnp.float32),
-                               jnp.asarray(est.strength, jnp.float32))
-    else:
-        a, b = jnp.asarray(est.a, jnp.float32), jnp.asarray(est.b, jnp.float32)
+    a, b = posterior_rows(est, n, error_sums)
     mean, total = a / (a + b), a + b
     shared = jnp.where(n > 0, SHARED_PROMPT_CORRELATION / jnp.maximum(n, 1.0), 0.0)
     var = mean * (1 - mean) * (1 / (total + 1) + shared)

@@ -12,7 +12,8 @@ an estimator (`Pool.estimator`, as `uniroute add-model` writes) has changed, so 
 re-derived with it instead (`Pool.rederive`: the estimator learns from every LLM); `observe_file`
 does the same on a pool file under a lock, so concurrent writers never lose an update and a
 reader always finds a whole file. `sample_psi` draws from the posteriors (Thompson sampling), so
-an LLM with few labels gets traffic until its estimate tightens.
+an LLM with few labels gets traffic until its estimate tightens; `sampling_posterior` gives them,
+from the pool's estimator where it records one.
 """
 
 from __future__ import annotations
@@ -44,6 +45,29 @@ def posterior(pool: Pool, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     a = pool.error_sums.astype(np.float64) + alpha * overall
     b = (pool.counts - pool.error_sums).astype(np.float64) + alpha * (1.0 - overall)
     return a, np.maximum(b, 0.0)
+
+
+def sampling_posterior(pool: Pool, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Beta parameters `(a, b)`, each `[n_models, n_clusters]`, that Thompson draws come from.
+
+    Every Beta has the pool's estimate as its mean, except at an estimate of exactly 0 or 1. A pool that records an estimator takes the
+    width from that estimator's posterior (`estimators.posterior_rows`: the concentration `a + b`,
+    which carries the population prior's and the hierarchy's strengths, as `OnlineLearner`'s does);
+    a pool of rows as given takes the `alpha` rule of `posterior`, whose mean is its estimate.
+    """
+    if pool.estimator is None:
+        return posterior(pool, alpha)
+    from uniroute_jax._src.estimators import pool_estimates, posterior_rows
+
+    a, b = posterior_rows(pool_estimates(pool, pool.estimator).rows, pool.counts, pool.error_sums)
+    # Jeffreys' half-counts move the posterior's mean off the estimate by up to 1 / (2 (n + 1));
+    # draws centred elsewhere than the rows the router serves would explore for no reason.
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    psi = np.clip(np.asarray(pool.psi, np.float64), 0.0, 1.0)
+    # An estimate of exactly 0 or 1 (plain means of all-right or all-wrong labels) keeps the
+    # posterior itself: a Beta centred there would never move a draw.
+    edge = (psi <= 0.0) | (psi >= 1.0)
+    return np.where(edge, a, psi * (a + b)), np.where(edge, b, (1.0 - psi) * (a + b))
 
 
 def sample_psi(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:

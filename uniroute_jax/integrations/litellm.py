@@ -165,7 +165,8 @@ class UniRoutePlugin:
         `"litellm"` for `litellm.model_cost` at each deployment's model. None uses `pool.costs`.
       expected_output_tokens: with `prices="litellm"`: one number or name -> number.
       count_tokens: `str -> int` input length; default `costs.estimate_tokens`.
-      thompson: score with a draw from each estimate's Beta posterior instead of its mean.
+      thompson: score with a draw from each estimate's Beta posterior instead of its mean (the
+        pool's estimator's posterior where it records one, as `OnlineLearner` draws).
       seed: seed of the Thompson draws and of the calibrated mix.
       check_every: seconds between checks of the files for changes (0 = every request).
       embed_in_thread: run the embedder in a worker thread, off the event loop (right for MiniLM,
@@ -373,7 +374,7 @@ class UniRoutePlugin:
             # An identity table: its host path is the nearest-centroid search, one cluster per row.
             clusters = RoutingTable(router.feature_map, np.zeros((k, k), np.float32), np.zeros(k, np.float32), 0.0,
                                     tuple(map(str, range(k))), np.arange(k, dtype=np.int32), jax_from=1 << 30)
-            beta = feedback.posterior(pool, router.alpha) if self.thompson else None
+            beta = feedback.sampling_posterior(pool, router.alpha) if self.thompson else None
             self._version += 1
             self._calibrations.clear()
             self._snapshot = _Snapshot(self._version, router, pool, clusters, beta, stamp)
