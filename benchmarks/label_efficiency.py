@@ -371,6 +371,10 @@ def run(name: str, trials: int, default: str) -> dict:
                 references[t] = reference_areas(quality, prompt_costs, sp["test"][t], sp["unseen"][t])
         if (t + 1) % max(1, trials // 10) == 0:
             _log(f"{name}: {t + 1}/{trials} trials ({time.perf_counter() - t2:.0f}s)")
+            # XLA maps memory regions per compiled executable and a process may hold only
+            # vm.max_map_count of them: a 100-trial run after another dataset died in LLVM with
+            # "Cannot allocate memory". Dropping the compiled kernels costs a recompile per tenth.
+            jax.clear_caches()
     t_study = time.perf_counter() - t2
     seconds = {"load": t_load, "choose K and k": t_choose, "study": t_study}
     return {"name": name, "dataset": ds, "budgets": budgets, "areas": scores[..., 0], "qnc": scores[..., 1],
@@ -748,6 +752,7 @@ def main(argv=None) -> int:
             summary[name] = s
             write_text(summary_path, json.dumps(summary, indent=1))
             _log(f"{name} written ({sum(r['seconds'].values()):.0f}s)")
+            jax.clear_caches()  # the next dataset compiles its own shapes (see `run`)
     except KeyboardInterrupt:
         _log("interrupted; datasets finished so far are written")
         return 130
