@@ -50,21 +50,23 @@ def posterior(pool: Pool, alpha: float) -> tuple[np.ndarray, np.ndarray]:
 def sampling_posterior(pool: Pool, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Beta parameters `(a, b)`, each `[n_models, n_clusters]`, that Thompson draws come from.
 
-    Every Beta has the pool's estimate as its mean, except at an estimate of exactly 0 or 1. A pool that records an estimator takes the
-    width from that estimator's posterior (`estimators.posterior_rows`: the concentration `a + b`,
-    which carries the population prior's and the hierarchy's strengths, as `OnlineLearner`'s does);
-    a pool of rows as given takes the `alpha` rule of `posterior`, whose mean is its estimate.
+    Every Beta has the pool's estimate as its mean, except at an estimate of exactly 0 or 1. A
+    pool that records an estimator takes the width from that estimator's posterior
+    (`estimators.posterior_rows`: the concentration `a + b`, which carries the population prior's
+    and the hierarchy's strengths, as `OnlineLearner`'s does; the estimator is refitted on the
+    pool's labels for this); a pool of rows as given takes the `alpha` rule of `posterior`, whose
+    mean is its estimate.
     """
     if pool.estimator is None:
         return posterior(pool, alpha)
     from uniroute_jax._src.estimators import pool_estimates, posterior_rows
 
     a, b = posterior_rows(pool_estimates(pool, pool.estimator).rows, pool.counts, pool.error_sums)
-    # Jeffreys' half-counts move the posterior's mean off the estimate by up to 1 / (2 (n + 1));
-    # draws centred elsewhere than the rows the router serves would explore for no reason.
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     psi = np.clip(np.asarray(pool.psi, np.float64), 0.0, 1.0)
-    # An estimate of exactly 0 or 1 (plain means of all-right or all-wrong labels) keeps the
+    # Jeffreys' half-counts move the posterior's mean off the estimate by up to 1 / (2 (n + 1)):
+    # draws centred elsewhere than the rows the router serves would explore for no reason. An
+    # estimate of exactly 0 or 1 (plain means of all-right or all-wrong labels) keeps the
     # posterior itself: a Beta centred there would never move a draw.
     edge = (psi <= 0.0) | (psi >= 1.0)
     return np.where(edge, a, psi * (a + b)), np.where(edge, b, (1.0 - psi) * (a + b))
